@@ -1,0 +1,130 @@
+"""The unit of data everywhere in bgbias: a ``Sample`` (image, foreground mask, label, id, boxes).
+
+Readers convert whatever they read (grayscale, RGBA, palette, 16-bit, bool or
+0/255 masks) to this one form at the edge, so later stages never branch on
+formats. A sample that cannot be made raises :class:`BadSample` with a
+one-sentence reason; long runs catch it, count it and record it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+Box = tuple[int, int, int, int]
+"""``(x0, y0, x1, y1)`` in pixels, 0-based, x1/y1 exclusive."""
+
+
+class BadSample(Exception):
+    """A sample that must be skipped; ``str(exc)`` is the reason recorded in the manifest."""
+
+    def __init__(self, reason: str, sample_id: str | None = None):
+        super().__init__(reason)
+        self.reason = reason
+        self.sample_id = sample_id
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One labelled image with its foreground.
+
+    image: uint8 HxWx3 RGB.
+    mask: float32 HxW in [0, 1], 1 = foreground (soft values blend); ``None``
+        only between a source and its mask method.
+    label: class index into the source's ``classes``.
+    id: stable, unique, filesystem-safe identifier (used for file names and seeding).
+    boxes: object boxes from annotations; empty means "use the mask's bounding box".
+    """
+
+    image: np.ndarray
+    mask: np.ndarray | None
+    label: int
+    id: str
+    boxes: tuple[Box, ...] = field(default=())
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(H, W)."""
+        return int(self.image.shape[0]), int(self.image.shape[1])
+
+    def with_(self, **changes) -> "Sample":
+        return replace(self, **changes)
+
+    def object_boxes(self) -> tuple[Box, ...]:
+        """The annotation boxes, else the tight box of the mask (> 0.5), else empty."""
+        if self.boxes:
+            return self.boxes
+        if self.mask is None:
+            return ()
+        b = mask_box(self.mask)
+        return (b,) if b is not None else ()
+
+
+def mask_box(mask: np.ndarray, thresh: float = 0.5) -> Box | None:
+    """Tight box of ``mask > thresh`` or ``None`` when empty."""
+    ys, xs = np.nonzero(mask > thresh)
+    if ys.size == 0:
+        return None
+    return int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
+
+
+def to_rgb_uint8(arr: np.ndarray) -> np.ndarray:
+    """Any HxW / HxWx1 / HxWx3 / HxWx4 array (uint8, uint16, bool, float in [0,1]) -> uint8 HxWx3.
+
+    Alpha is dropped (composited on black would invent pixels; the mask carries
+    transparency separately if a reader wants it).
+    """
+    a = np.asarray(arr)
+    if a.dtype == bool:
+        a = a.astype(np.uint8) * 255
+    elif a.dtype == np.uint16:
+        a = (a.astype(np.uint32) * 255 + 32767) // 65535
+        a = a.astype(np.uint8)
+    elif np.issubdtype(a.dtype, np.floating):
+        a = np.clip(np.rint(np.nan_to_num(a) * 255.0), 0, 255).astype(np.uint8)
+    elif a.dtype != np.uint8:
+        a = np.clip(a, 0, 255).astype(np.uint8)
+    if a.ndim == 2:
+        a = np.repeat(a[:, :, None], 3, axis=2)
+    elif a.ndim == 3 and a.shape[2] == 1:
+        a = np.repeat(a, 3, axis=2)
+    elif a.ndim == 3 and a.shape[2] == 4:
+        a = a[:, :, :3]
+    if a.ndim != 3 or a.shape[2] != 3:
+        raise BadSample(f"image has unsupported shape {tuple(np.shape(arr))}")
+    return np.ascontiguousarray(a)
+
+
+def to_mask(arr: np.ndarray, shape: tuple[int, int] | None = None) -> np.ndarray:
+    """Any 2-D mask (bool, 0/1, 0/255, uint16, float) -> float32 HxW in [0, 1].
+
+    Integer masks with a maximum above 1 are scaled by their dtype's range
+    (255 for uint8, 65535 for uint16) so 0/255 PNGs and 0/1 .npy files agree.
+    Raises :class:`BadSample` when the size differs from ``shape`` (H, W).
+    """
+    m = np.asarray(arr)
+    if m.ndim == 3 and m.shape[2] in (1, 3, 4):
+        m = m[:, :, 0]
+    if m.ndim != 2:
+        raise BadSample(f"mask has unsupported shape {tuple(m.shape)}")
+    if m.dtype == bool:
+        out = m.astype(np.float32)
+    elif np.issubdtype(m.dtype, np.integer):
+        top = float(m.max()) if m.size else 0.0
+        scale = 1.0 if top <= 1 else (65535.0 if m.dtype == np.uint16 and top > 255 else 255.0)
+        out = m.astype(np.float32) / scale
+    else:
+        out = np.nan_to_num(m.astype(np.float32))
+    out = np.clip(out, 0.0, 1.0)
+    if shape is not None and out.shape != tuple(shape):
+        raise BadSample(f"mask size {out.shape[1]}x{out.shape[0]} differs from image size {shape[1]}x{shape[0]}")
+    return out
+
+
+def check_mask_usable(mask: np.ndarray, min_fraction: float = 1e-4, max_fraction: float = 0.9999) -> None:
+    """Raise :class:`BadSample` for an empty or all-foreground mask (no variant is meaningful)."""
+    frac = float((mask > 0.5).mean()) if mask.size else 0.0
+    if frac < min_fraction:
+        raise BadSample("mask is empty (no foreground pixels)")
+    if frac > max_fraction:
+        raise BadSample("mask covers the whole image (no background pixels)")
