@@ -50,7 +50,11 @@ def compose(fg: torch.Tensor, bg: torch.Tensor, mask: torch.Tensor) -> torch.Ten
 
 def compose_np(fg: np.ndarray, bg: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """HxWx3 uint8 convenience wrapper around :func:`compose` for single images."""
-    t = compose(torch.from_numpy(np.ascontiguousarray(fg)).permute(2, 0, 1),
-                torch.from_numpy(np.ascontiguousarray(bg)).permute(2, 0, 1),
-                torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32)))
+    t = compose(_tensor(fg).permute(2, 0, 1), _tensor(bg).permute(2, 0, 1), _tensor(mask, np.float32))
     return t.permute(1, 2, 0).contiguous().numpy()
+
+
+def _tensor(a: np.ndarray, dtype=None) -> torch.Tensor:
+    """Zero-copy tensor view; read-only arrays (e.g. from PIL) are copied, as torch cannot view them."""
+    a = np.ascontiguousarray(a, dtype=dtype)
+    return torch.from_numpy(a if a.flags.writeable else a.copy())

@@ -1,0 +1,172 @@
+"""Benchmark ``bgbias build``: the 8 IN-9 variants at 224x224 from generated images vs a plain per-image loop.
+
+Run: ``python bench/build.py`` (``--n 500`` images, ``--quick`` for 100). Prints images/s of
+``bgbias.build.build`` (one worker, one thread) and of a naive PIL/numpy loop that writes the
+same files (same variants, same pairing, PIL's default PNG, everything recomputed per
+variant), both per CPU-second (fair on a busy machine) and per wall-second, and the ratio.
+Then the peak RSS growth of a build of N/2 vs N images (each in a fresh process).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+IN9 = ("original", "only_bg_b", "only_bg_t", "no_fg", "only_fg", "mixed_same", "mixed_rand", "mixed_next")
+
+
+def make_images(root: Path, n: int, h: int = 256, w: int = 320, classes: int = 9) -> tuple[Path, Path]:
+    """``n`` generated photos-like images (smooth colour field + an ellipse object) and 0/255 PNG masks."""
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    for i in range(n):
+        c = i % classes
+        base = rng.uniform(40, 200, 3)
+        img = base + 40 * np.sin(xx[..., None] / rng.uniform(5, 30) + yy[..., None] / rng.uniform(5, 30))
+        img += rng.normal(0, 8, img.shape)
+        cy, cx, ry, rx = rng.uniform(0.35, 0.65) * h, rng.uniform(0.35, 0.65) * w, h * 0.25, w * 0.2
+        m = (((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1)
+        img[m] = rng.uniform(0, 255, 3)
+        for sub, arr in (("images", np.clip(img, 0, 255).astype(np.uint8)[:, :, ::-1]), ("masks", m.astype(np.uint8) * 255)):
+            d = root / sub / f"class{c}"
+            d.mkdir(parents=True, exist_ok=True)
+            cv2.imwrite(str(d / f"img{i:04d}.png"), arr)
+    return root / "images", root / "masks"
+
+
+def run_bgbias(images: Path, masks: Path, out: Path, n: int) -> dict:
+    """One build in this process; returns timings and peak RSS growth."""
+    import torch
+
+    from bgbias.build import BuildConfig, build
+    from bgbias.sources import SubsetSource, create_source
+
+    torch.set_num_threads(1)
+    src = create_source(f"folder:{images}", masks=str(masks))
+    src = SubsetSource(src, range(n)) if n < len(src) else src
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t0, c0 = time.perf_counter(), time.process_time()
+    build(src, out, BuildConfig(variants=IN9, size=(224, 224)), workers=1, progress=False)
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    return {"n": n, "wall": wall, "cpu": cpu,
+            "rss_growth_mb": (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024}
+
+
+# ---------------------------------------------------------------- the naive loop
+
+def _pil_load(path: Path, mode: str, size: int = 224):
+    from PIL import Image
+
+    im = Image.open(path).convert(mode)
+    w, h = im.size
+    s = size / min(w, h)
+    im = im.resize((max(size, round(w * s)), max(size, round(h * s))), Image.BILINEAR)
+    w, h = im.size
+    left, top = (w - size) // 2, (h - size) // 2
+    return np.asarray(im.crop((left, top, left + size, top + size)))
+
+
+def _naive_tiled(img: np.ndarray, m: np.ndarray) -> np.ndarray:
+    """Only-BG-T with numpy indexing (what a careful script would write)."""
+    ys, xs = np.nonzero(m > 0.5)
+    x0, y0, x1, y1 = xs.min(), ys.min(), xs.max() + 1, ys.max() + 1
+    h, w = m.shape
+    side = int(np.argmax([x0 * h, (w - x1) * h, y0 * w, (h - y1) * w]))
+    if side < 2:
+        strip = img[:, :x0] if side == 0 else img[:, x1:]
+        tiled = strip[:, (np.arange(w) - x0) % strip.shape[1]]
+    else:
+        strip = img[:y0] if side == 2 else img[y1:]
+        tiled = strip[(np.arange(h) - y0) % strip.shape[0]]
+    out = img.copy()
+    out[y0:y1, x0:x1] = tiled[y0:y1, x0:x1]
+    return out
+
+
+def run_naive(images: Path, masks: Path, out: Path, manifest: dict) -> dict:
+    """Per image, per variant: decode, resize, recompute, PIL-save (default PNG settings)."""
+    from PIL import Image
+
+    files = {p.stem: p for p in images.rglob("*.png")}
+    t0, c0 = time.perf_counter(), time.process_time()
+    for s in manifest["samples"]:
+        stem = s["id"].split("_", 1)[1]
+        path = files[stem]
+        mpath = masks / path.relative_to(images)
+        for v in IN9:
+            img = _pil_load(path, "RGB")
+            m = (_pil_load(mpath, "L") / 255.0).astype(np.float32)
+            mm = m[..., None]
+            if v == "original":
+                res = img
+            elif v == "only_bg_b":
+                ys, xs = np.nonzero(m > 0.5)
+                res = img.copy()
+                res[ys.min():ys.max() + 1, xs.min():xs.max() + 1] = 0
+            elif v == "only_bg_t":
+                res = _naive_tiled(img, m)
+            elif v == "no_fg":
+                res = img * (1 - mm)
+            elif v == "only_fg":
+                res = img * mm
+            else:
+                partner = files[manifest["pairing"][v][s["id"]].split("_", 1)[1]]
+                pimg, pm = _pil_load(partner, "RGB"), _pil_load(masks / partner.relative_to(images), "L") / 255.0
+                res = img * mm + _naive_tiled(pimg, pm) * (1 - mm)
+            d = out / v / "val" / s["class_dir"]
+            d.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(np.round(res).astype(np.uint8)).save(d / f"{s['id']}.png")
+        d = out / "fg_mask" / "val" / s["class_dir"]
+        d.mkdir(parents=True, exist_ok=True)
+        np.save(d / f"{s['id']}.npy", m)
+    return {"n": len(manifest["samples"]), "wall": time.perf_counter() - t0, "cpu": time.process_time() - c0}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=500)
+    ap.add_argument("--quick", action="store_true", help="100 images")
+    ap.add_argument("--child", nargs=4, metavar=("IMAGES", "MASKS", "OUT", "N"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        print(json.dumps(run_bgbias(Path(args.child[0]), Path(args.child[1]), Path(args.child[2]), int(args.child[3]))))
+        return
+    n = 100 if args.quick else args.n
+    tmp = Path(tempfile.mkdtemp(prefix="bgbias-bench-"))
+    try:
+        images, masks = make_images(tmp / "data", n)
+
+        def child(k: int, name: str) -> dict:
+            cmd = [sys.executable, __file__, "--child", str(images), str(masks), str(tmp / name), str(k)]
+            env = {**os.environ, "OMP_NUM_THREADS": "1"}
+            return json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout)
+
+        ours = child(n, "bgbias")
+        half = child(n // 2, "bgbias_half")
+        manifest = json.loads((tmp / "bgbias" / "manifest.json").read_text())
+        naive = run_naive(images, masks, tmp / "naive", manifest)
+        files = lambda root: sorted(p.relative_to(root) for p in root.rglob("*") if p.suffix in (".png", ".npy"))  # noqa: E731
+        same = files(tmp / "bgbias") == files(tmp / "naive")
+        print(f"build of the 8 IN-9 variants at 224x224 from {n} generated 256x320 images (1 worker, 1 thread)")
+        for name, r in (("bgbias build", ours), ("naive PIL/numpy loop", naive)):
+            print(f"  {name:<22} {r['n'] / r['cpu']:8.1f} images/CPU-s  {r['n'] / r['wall']:8.1f} images/s wall")
+        print(f"  speed-up per core: {naive['cpu'] / ours['cpu']:.1f}x (CPU time), {naive['wall'] / ours['wall']:.1f}x (wall)"
+              f"; same files written: {same}")
+        print(f"  peak RSS growth: {half['rss_growth_mb']:.1f} MB for {half['n']} images, "
+              f"{ours['rss_growth_mb']:.1f} MB for {ours['n']} images")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,423 @@
+"""``bgbias build``: write the IN-9 layout (every variant, masks, manifest) for any source.
+
+Three passes over a fixed chunk plan (so output bytes do not depend on the
+worker count, the executor or the order chunks finish in):
+
+0. fit: dataset statistics for ``mean``/``mean_color`` (per-chunk float64
+   sums, reduced in chunk order), only when those variants are asked for;
+1. samples: load, resize, check, write ``fg_mask`` and every variant that
+   needs no partner; record which samples were kept and why others were dropped;
+2. mixed: plan partners among kept samples from ``(seed, id, variant)``, then
+   paste each foreground on its partner's Only-BG-T (read back from OUT when
+   it was written in pass 1, else recomputed).
+
+Every file is written atomically and skipped when it exists, so a killed build
+rerun with the same arguments completes only what is missing; the manifest is
+written last. Memory is bounded by one chunk per worker.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import multiprocessing as mp
+import os
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+import cv2
+import numpy as np
+
+from . import __version__
+from .backgrounds import MeanBackground, only_bg_t, resize_crop
+from .io import read_json, write_json, write_npy, write_png
+from .layout import MANIFEST, MASK_DIR, SPLIT, class_dirname, safe_join, sanitize_name
+from .sample import BadSample, Sample, check_mask_usable
+from .sources import DEFAULT_SPURIOUS_FAMILIES, Source, SpuriousSource, create_source
+from .variants import IN9_VARIANTS, Variant, plan_pairing, render_variants, resolve_variants
+
+PARTIAL = ".bgbias-build.json"   # marks an unfinished build (config to compare on resume); removed at the end
+EXECUTORS = ("local", "ray")
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    """Everything that decides the output bytes (saved in the manifest). Workers/executor are not here: they never change the output."""
+
+    variants: tuple[str, ...] = IN9_VARIANTS
+    seed: int = 0
+    size: tuple[int, int] | None = None          # (H, W): shorter side resized, then centre crop; None keeps each size
+    spurious: float | None = None                # rho of a SpuriousSource wrapper; None = no wrapper
+    spurious_families: tuple[str, ...] = DEFAULT_SPURIOUS_FAMILIES
+    chunk_size: int = 64
+    png_compression: int = 1
+
+
+def parse_size(text: str | Sequence[int] | None) -> tuple[int, int] | None:
+    """``"224x224"`` (HxW), ``"224"`` or ``"none"`` -> (H, W) or None."""
+    if text is None or (isinstance(text, str) and text.strip().lower() in ("none", "")):
+        return None
+    if isinstance(text, str):
+        parts = text.lower().split("x")
+        if len(parts) not in (1, 2) or not all(p.strip().isdigit() for p in parts):
+            raise ValueError(f"Size {text!r} is not HxW (e.g. 224x224), a single number, or 'none'.")
+        hw = [int(p) for p in parts] * (2 // len(parts))
+    else:
+        hw = [int(v) for v in text]
+    if len(hw) != 2 or min(hw) < 1:
+        raise ValueError(f"Size {text!r} must be two positive integers (H, W).")
+    return hw[0], hw[1]
+
+
+def fit_sample(sample: Sample, size: tuple[int, int] | None) -> Sample:
+    """Resize image, mask and boxes together (shorter side to cover ``size``, then centre crop)."""
+    if size is None or sample.size == tuple(size):
+        return sample
+    (h, w), (th, tw) = sample.size, size
+    scale = max(th / h, tw / w)
+    nh, nw = max(th, round(h * scale)), max(tw, round(w * scale))
+    oy, ox = (nh - th) // 2, (nw - tw) // 2
+    boxes = []
+    for x0, y0, x1, y1 in sample.boxes:
+        b = (min(tw, max(0, round(x0 * nw / w) - ox)), min(th, max(0, round(y0 * nh / h) - oy)),
+             min(tw, max(0, round(x1 * nw / w) - ox)), min(th, max(0, round(y1 * nh / h) - oy)))
+        if b[2] > b[0] and b[3] > b[1]:
+            boxes.append(b)
+    mask = None if sample.mask is None else np.clip(resize_crop(sample.mask.astype(np.float32), size), 0, 1)
+    return sample.with_(image=resize_crop(sample.image, size), mask=mask, boxes=tuple(boxes))
+
+
+# ---------------------------------------------------------------- worker side
+
+_STATE: dict[str, Any] = {}
+_DIRS: dict[tuple[str, str], Path] = {}
+
+
+def _init_worker(state: dict) -> None:
+    """Per-process state (source, variants, config, OUT); one torch/cv2 thread per worker.
+
+    One thread: per-image tensors are small, and a multi-threaded pool on busy
+    cores made each tiny op take milliseconds instead of microseconds.
+    """
+    import torch
+
+    torch.set_num_threads(1)
+    cv2.setNumThreads(1)
+    _STATE.clear()
+    _DIRS.clear()
+    _STATE.update(state)
+
+
+def _prepared(i: int) -> Sample:
+    """Load sample ``i``, resize it and check its mask; BadSample carries ``stage``."""
+    src, cfg = _STATE["source"], _STATE["config"]
+    try:
+        s = src.load(i)
+    except BadSample as e:
+        e.stage = "load"
+        raise
+    except Exception as e:  # a reader bug or exotic file must not stop the build
+        bad = BadSample(f"cannot load ({type(e).__name__}: {e})", _STATE["ids"][i])
+        bad.stage = "load"
+        raise bad from None
+    s = fit_sample(s, cfg.size)
+    try:
+        if s.mask is None:
+            raise BadSample("no foreground mask (give --masks DIR or a mask method)")
+        check_mask_usable(s.mask)
+    except BadSample as e:
+        e.stage = "mask"
+        raise
+    return s
+
+
+def _drop(i: int, exc: BaseException, stage: str | None = None) -> dict:
+    reason = exc.reason if isinstance(exc, BadSample) else f"unexpected {type(exc).__name__}: {exc}"
+    return {"i": i, "id": _STATE["ids"][i], "reason": reason, "stage": stage or getattr(exc, "stage", "variant")}
+
+
+def _fit_task(chunk: Sequence[int]) -> dict:
+    bg = MeanBackground(True, _STATE["fit_size"])
+    samples = []
+    for i in chunk:
+        try:
+            samples.append(_prepared(i))
+        except Exception:   # dropped samples are recorded by the samples pass
+            continue
+    return {"sums": bg.sums(samples)}
+
+
+def _sample_task(task: dict) -> list[dict]:
+    cfg, variants = _STATE["config"], _STATE["variants"]
+    plain = [v for v in variants if v.pairing is None]
+    need_tiles = any(v.pairing for v in variants)
+    records = []
+    for i in task["chunk"]:
+        paths = {v.name: _path(v.dirname, i) for v in plain}
+        mpath = _path(MASK_DIR, i, ".npy")
+        if mpath.exists() and all(p.exists() for p in paths.values()):
+            records.append({"i": i})
+            continue
+        try:
+            s = _prepared(i)
+            todo = [v for v in plain if not paths[v.name].exists()]
+            images = render_variants(s, todo, cfg.seed)
+            if need_tiles and "only_bg_t" not in images:
+                only_bg_t(s.image, s.object_boxes())          # a partner must have an Only-BG-T background
+        except Exception as e:  # never crash mid-build: record and go on
+            records.append(_drop(i, e))
+            continue
+        for v in todo:
+            write_png(paths[v.name], images[v.name], cfg.png_compression)
+        if not mpath.exists():
+            write_npy(mpath, s.mask.astype(np.float32))
+        records.append({"i": i})
+    return records
+
+
+def _path(variant_dir: str, i: int, ext: str = ".png") -> Path:
+    """OUT/<variant_dir>/val/<class>/<id><ext>; folders checked by ``safe_join`` once, ids checked in :func:`build`."""
+    cdir = _STATE["class_dirs"][_STATE["labels"][i]]
+    key = (variant_dir, cdir)
+    d = _DIRS.get(key)
+    if d is None:
+        d = _DIRS[key] = safe_join(_STATE["out"], variant_dir, SPLIT, cdir)
+    return d / (_STATE["ids"][i] + ext)
+
+
+def _read_png(path: Path) -> np.ndarray:
+    arr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if arr is None:
+        raise BadSample(f"cannot read back {path.name}")
+    return cv2.cvtColor(arr, cv2.COLOR_BGR2RGB)
+
+
+def _foreground(i: int) -> Sample:
+    p, mp_ = _path("original", i), _path(MASK_DIR, i, ".npy")
+    if "original" in _STATE["written"] and p.exists() and mp_.exists():
+        return Sample(_read_png(p), np.load(mp_, allow_pickle=False), _STATE["labels"][i], _STATE["ids"][i])
+    return _prepared(i)
+
+
+def _background(j: int) -> np.ndarray:
+    p = _path("only_bg_t", j)
+    if "only_bg_t" in _STATE["written"] and p.exists():
+        return _read_png(p)
+    s = _prepared(j)
+    return only_bg_t(s.image, s.object_boxes())
+
+
+def _mixed_task(task: dict) -> list[dict]:
+    cfg = _STATE["config"]
+    paired = [v for v in _STATE["variants"] if v.pairing]
+    records = []
+    for i in task["chunk"]:
+        sid = _STATE["ids"][i]
+        todo = [v for v in paired if sid in task["partners"][v.name] and not _path(v.dirname, i).exists()]
+        if not todo:
+            continue
+        try:
+            s = _foreground(i)
+            bgs, cache = {}, {}                       # per foreground only: memory stays one sample's worth
+            for v in todo:
+                j = task["partners"][v.name][sid]
+                if j not in cache:
+                    cache[j] = _background(j)
+                bgs[v.name] = cache[j]
+            images = render_variants(s, todo, cfg.seed, bgs)
+        except Exception as e:
+            records.append({**_drop(i, e, "variant"), "variant": ",".join(v.name for v in todo)})
+            continue
+        for v in todo:
+            write_png(_path(v.dirname, i), images[v.name], cfg.png_compression)
+    return records
+
+
+# ---------------------------------------------------------------- executors
+
+def _map(fn: Callable, tasks: list, state: dict, workers: int, executor: str) -> Iterator:
+    """Results of ``fn`` over ``tasks`` in task order, in-process, on a local pool, or on Ray."""
+    if executor not in EXECUTORS:
+        raise ValueError(f"Unknown executor {executor!r}; valid: {', '.join(EXECUTORS)}.")
+    if executor == "ray":
+        try:
+            from ray.util.multiprocessing import Pool as RayPool
+        except ImportError:
+            raise ValueError("--executor ray needs Ray; install it with: pip install 'bgbias[ray]'.") from None
+        with RayPool(processes=max(1, workers), initializer=_init_worker, initargs=(state,)) as pool:
+            yield from pool.imap(fn, tasks)
+        return
+    if workers <= 1 or len(tasks) <= 1:
+        import torch
+
+        threads, cv_threads = torch.get_num_threads(), cv2.getNumThreads()
+        _init_worker(state)
+        try:
+            yield from map(fn, tasks)
+        finally:
+            torch.set_num_threads(threads)
+            cv2.setNumThreads(cv_threads)
+        return
+    from concurrent.futures import ProcessPoolExecutor
+
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(["bgbias.build"])
+    pool = ProcessPoolExecutor(min(workers, len(tasks)), mp_context=ctx, initializer=_init_worker, initargs=(state,))
+    try:
+        yield from pool.map(fn, tasks)
+    finally:  # on Ctrl-C or an error, drop queued chunks instead of finishing them
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _progress(it: Iterable, total: int, desc: str, enabled: bool) -> Iterable:
+    if not enabled:
+        return it
+    from tqdm.auto import tqdm
+
+    return tqdm(it, total=total, desc=desc, unit="chunk", leave=False)
+
+
+# ---------------------------------------------------------------- the library call
+
+def _prepare_out(out: Path, identity: dict) -> None:
+    """Refuse a folder holding something else; clean temp files of a killed run; mark the build as partial."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"Output {out} exists and is not a folder.")
+    out.mkdir(parents=True, exist_ok=True)
+    identity = json.loads(json.dumps(identity, default=str))
+    previous = None
+    for name in (PARTIAL, MANIFEST):
+        if (out / name).is_file():
+            prev = read_json(out / name)
+            previous = {k: prev.get(k) for k in identity}
+            break
+    if previous is None and any(out.iterdir()):
+        raise ValueError(f"Output folder {out} is not empty and holds no bgbias build; choose an empty or new folder.")
+    if previous is not None and previous != identity:
+        diff = sorted(k for k in identity if previous.get(k) != identity[k])
+        raise ValueError(f"Output folder {out} holds a build with a different {', '.join(diff)}; "
+                         "rerun with the same arguments to resume, or choose a new folder.")
+    for root, _, files in os.walk(out):
+        for f in files:
+            if f.startswith(".") and f.endswith(".tmp"):
+                os.unlink(os.path.join(root, f))
+    write_json(out / PARTIAL, identity)
+
+
+def _reason_key(reason: str) -> str:
+    """Group reasons that differ only in file names or numbers."""
+    key = re.sub(r"\S*[./]\S*", "<file>", reason.split(" (")[0])
+    return re.sub(r"\d+", "N", key)
+
+
+def build(source: Source | str, out: str | os.PathLike, config: BuildConfig = BuildConfig(), *,
+          workers: int = 1, executor: str = "local", progress: bool = True) -> dict:
+    """Build every variant of ``source`` into ``out`` (IN-9 layout) and return the manifest.
+
+    Output bytes depend only on the source and ``config``; ``workers`` and
+    ``executor`` only change the speed. Reruns skip files that exist.
+    """
+    if executor not in EXECUTORS:
+        raise ValueError(f"Unknown executor {executor!r}; valid: {', '.join(EXECUTORS)}.")
+    if executor == "ray" and importlib.util.find_spec("ray") is None:
+        raise ValueError("--executor ray needs Ray; install it with: pip install 'bgbias[ray]'.")
+    source = create_source(source) if isinstance(source, str) else source
+    if config.spurious is not None:
+        source = SpuriousSource(source, config.spurious, config.spurious_families, config.seed)
+    variants = resolve_variants(config.variants)
+    out = Path(out)
+    classes, ids, labels = list(source.classes), source.ids(), source.labels()
+    n, C = len(ids), len(classes)
+    if n == 0:
+        raise ValueError(f"Source {source.spec!r} has no images.")
+    bad = next((i for i in ids if sanitize_name(i) != i), None)
+    if bad is not None or len(set(ids)) != n:
+        raise ValueError(f"Source {source.spec!r} gave an unsafe or duplicate sample id {bad!r}; "
+                         "ids must be unique and equal to layout.sanitize_name(id).")
+    cfg_dict = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items()}
+    cfg_dict["variants"] = [v.name for v in variants]
+    identity = {"tool": "bgbias", "version": __version__, "source": source.describe(), "config": cfg_dict}
+    _prepare_out(out, identity)
+
+    class_dirs = [class_dirname(c, name, C) for c, name in enumerate(classes)]
+    state = {"source": source, "variants": variants, "config": config, "out": out.resolve(), "ids": ids,
+             "labels": labels, "class_dirs": class_dirs, "written": {v.name for v in variants if not v.pairing},
+             "fit_size": config.size}
+    cs = max(1, int(config.chunk_size))
+    chunks = [list(range(a, min(n, a + cs))) for a in range(0, n, cs)]
+
+    fitted = [v for v in variants if v.needs_fit]
+    if fitted:
+        if state["fit_size"] is None:
+            state["fit_size"] = _first_size(source, config)
+        bg = MeanBackground(True, state["fit_size"])
+        for res in _progress(_map(_fit_task, chunks, state, workers, executor), len(chunks), "fit mean", progress):
+            bg.add_sums(res["sums"])
+        if bg.mean_image is None:
+            raise ValueError(f"No usable sample in {source.spec!r} to fit the mean background on.")
+        for v in fitted:
+            v.background.fit_size = state["fit_size"]
+            v.background.add_sums((bg.sum_rgb, bg.sum_w))
+
+    dropped: list[dict] = [{"id": d.get("id", d.get("path")), "reason": d["reason"], "stage": "scan"}
+                           for d in source.scan_dropped]
+    kept: list[int] = []
+    tasks = [{"chunk": c} for c in chunks]
+    for recs in _progress(_map(_sample_task, tasks, state, workers, executor), len(tasks), "samples", progress):
+        for r in recs:
+            if "reason" in r:
+                dropped.append({k: r[k] for k in ("id", "reason", "stage")})
+            else:
+                kept.append(r["i"])
+
+    pairing: dict[str, dict[str, str]] = {}
+    partners: dict[str, dict[str, int]] = {}
+    pos = {ids[i]: i for i in kept}
+    for v in (v for v in variants if v.pairing):
+        plan, missing = plan_pairing([ids[i] for i in kept], [labels[i] for i in kept], C, config.seed,
+                                     v.name, v.pairing)
+        pairing[v.name] = plan
+        partners[v.name] = {f: pos[b] for f, b in plan.items()}
+        dropped += [{"id": sid, "reason": why, "stage": "variant", "variant": v.name} for sid, why in missing.items()]
+    if partners:
+        kchunks = [kept[a:a + cs] for a in range(0, len(kept), cs)]
+        tasks = [{"chunk": c, "partners": {name: {ids[i]: p[ids[i]] for i in c if ids[i] in p}
+                                           for name, p in partners.items()}} for c in kchunks]
+        for recs in _progress(_map(_mixed_task, tasks, state, workers, executor), len(tasks), "mixed", progress):
+            for r in recs:
+                dropped.append({k: r[k] for k in ("id", "reason", "stage", "variant")})
+                for name in r["variant"].split(","):
+                    pairing[name].pop(r["id"], None)
+
+    manifest = _manifest(identity, variants, kept, ids, labels, class_dirs, classes, pairing, dropped)
+    write_json(out / MANIFEST, manifest)
+    (out / PARTIAL).unlink(missing_ok=True)
+    return manifest
+
+
+def _first_size(source: Source, config: BuildConfig) -> tuple[int, int]:
+    """Fit size for ``mean`` when images keep their own size: the first loadable sample's size."""
+    for i in range(len(source)):
+        try:
+            return source.load(i).size
+        except Exception:
+            continue
+    raise ValueError(f"No loadable sample in {source.spec!r}.")
+
+
+def _manifest(identity: dict, variants: list[Variant], kept: list[int], ids: list[str], labels: list[int],
+              class_dirs: list[str], classes: list[str], pairing: dict, dropped: list[dict]) -> dict:
+    by_reason: dict[str, int] = {}
+    for d in dropped:
+        by_reason[_reason_key(d["reason"])] = by_reason.get(_reason_key(d["reason"]), 0) + 1
+    return {**identity, "seed": identity["config"]["seed"], "classes": classes,
+            "variants": {v.name: {**v.describe(), "count": len(pairing[v.name]) if v.pairing else len(kept)}
+                         for v in variants},
+            "samples": [{"id": ids[i], "label": labels[i], "class_dir": class_dirs[labels[i]]} for i in kept],
+            "pairing": {k: dict(sorted(p.items())) for k, p in pairing.items()},
+            "dropped": sorted(dropped, key=lambda d: (d["stage"], str(d["id"]), d.get("variant", ""))),
+            "counts": {"total": len(ids), "kept": len(kept),
+                       "dropped": sum(1 for d in dropped if "variant" not in d),
+                       "missing_variant_images": sum(1 for d in dropped if "variant" in d),
+                       "by_reason": dict(sorted(by_reason.items()))}}

@@ -1,0 +1,77 @@
+"""``bgbias build SOURCE --out OUT``: write the IN-9 layout of any source (one call to :func:`bgbias.build.build`)."""
+from __future__ import annotations
+
+import os
+
+
+def _source(args):
+    """The source named on the command line, with given masks (--masks) or a mask method (issue 3 options)."""
+    from bgbias.sources import create_source
+
+    try:
+        from bgbias import masks
+    except ImportError:
+        masks = None
+    if args.masks:
+        if getattr(args, "masks_from", None):
+            raise ValueError("Give either --masks DIR (masks on disk) or --masks-from METHOD, not both.")
+        return create_source(args.source, masks=args.masks)
+    if masks is not None and hasattr(masks, "source_from_args"):
+        return masks.source_from_args(args)
+    return create_source(args.source)
+
+
+def build_command(args) -> int:
+    from bgbias.build import BuildConfig, build, parse_size
+    from bgbias.sources import DEFAULT_SPURIOUS_FAMILIES
+
+    families = tuple(f.strip() for f in args.spurious_families.split(",") if f.strip()) \
+        if args.spurious_families else DEFAULT_SPURIOUS_FAMILIES
+    config = BuildConfig(variants=tuple(v.strip() for v in args.variants.split(",") if v.strip()),
+                         seed=args.seed, size=parse_size(args.size), spurious=args.spurious,
+                         spurious_families=families)
+    manifest = build(_source(args), args.out, config, workers=args.workers, executor=args.executor,
+                     progress=not args.quiet)
+    c = manifest["counts"]
+    print(f"wrote {len(manifest['variants'])} variants of {c['kept']} images to {args.out} "
+          f"({c['dropped']} dropped, {c['missing_variant_images']} variant images missing; see manifest.json)")
+    for reason, k in c["by_reason"].items():
+        print(f"  {k:6d}  {reason}")
+    return 0
+
+
+def register(sub) -> None:
+    from bgbias.sources import DEFAULT_SPURIOUS_FAMILIES, list_sources
+    from bgbias.variants import list_variants
+
+    p = sub.add_parser("build", help="build IN-9-style background variants of a dataset",
+                       description="Write OUT/<variant>/val/<NN_class>/<id>.png, OUT/fg_mask/val/... and "
+                                   "OUT/manifest.json. Rerun the same command to resume a killed build.")
+    p.add_argument("source", help=f"data source: {', '.join(list_sources())} (e.g. digits, digits:64, "
+                                  "mnist:DIR, folder:DIR, in9:DIR)")
+    p.add_argument("--out", required=True, help="output folder (new, or a previous build of the same command)")
+    p.add_argument("--variants", default="in9",
+                   help="'in9' (the 8 IN-9 variants, default), 'all', or a comma list of: "
+                        f"{', '.join(list_variants())}, photos:DIR")
+    p.add_argument("--seed", type=int, default=0, help="seed for pairing, textures and photos (default 0)")
+    p.add_argument("--size", default="none",
+                   help="HxW: resize shorter side then centre crop (e.g. 224x224); 'none' keeps each image's size")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                   help="worker processes (default: all cores); output bytes do not depend on it")
+    p.add_argument("--executor", choices=("local", "ray"), default="local",
+                   help="local process pool, or ray (pip install 'bgbias[ray]'); same output bytes")
+    p.add_argument("--masks", metavar="DIR", help="folder:DIR only: masks with the same relative paths (.png or .npy)")
+    p.add_argument("--spurious", type=float, metavar="RHO",
+                   help="make a spurious training set: class c gets background family c (of --spurious-families) "
+                        "with probability RHO, a random other family otherwise; recorded in the manifest")
+    p.add_argument("--spurious-families", metavar="LIST",
+                   help=f"comma list of background families for --spurious (default: {','.join(DEFAULT_SPURIOUS_FAMILIES)})")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    try:
+        from bgbias.masks import add_mask_arguments
+    except ImportError:
+        pass
+    else:
+        add_mask_arguments(p)
+    p.set_defaults(func=build_command)

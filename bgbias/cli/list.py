@@ -1,0 +1,27 @@
+"""``bgbias list variants|backgrounds|sources|archs [PATTERN]``: names from the registries."""
+from __future__ import annotations
+
+KINDS = ("variants", "backgrounds", "sources", "archs")
+
+
+def list_command(args) -> int:
+    from bgbias.backgrounds import list_backgrounds
+    from bgbias.nets import list_archs
+    from bgbias.sources import list_sources
+    from bgbias.variants import list_variants
+
+    listers = {"variants": lambda p: list_variants(p, subset=args.subset), "backgrounds": list_backgrounds,
+               "sources": list_sources, "archs": list_archs}
+    if args.subset and args.kind != "variants":
+        raise ValueError(f"--subset applies only to 'variants', not {args.kind!r}.")
+    for name in listers[args.kind](args.pattern):
+        print(name)
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("list", help="list registered variants, backgrounds, sources or architectures")
+    p.add_argument("kind", choices=KINDS)
+    p.add_argument("pattern", nargs="?", default="*", help="wildcard filter, e.g. 'mixed_*'")
+    p.add_argument("--subset", help="variants only: a tag such as in9, mixed, color, texture, mean")
+    p.set_defaults(func=list_command)

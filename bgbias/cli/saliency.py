@@ -1,0 +1,42 @@
+"""``bgbias saliency``: share of Grad-CAM / input-gradient attribution on the foreground, with overlay PNGs."""
+from __future__ import annotations
+
+import argparse
+
+from .eval import add_model_args, model_kwargs
+
+
+def saliency_command(args: argparse.Namespace) -> int:
+    from ..io import write_json
+    from ..saliency import SaliencyConfig, run_saliency
+
+    split = lambda s: tuple(x.strip() for x in s.split(",") if x.strip())  # noqa: E731
+    kw = {k: v for k, v in dict(
+        variants=None if args.variants in (None, "all") else split(args.variants),
+        methods=split(args.methods) if args.methods else None, layer=args.layer, target=args.target,
+        max_images=args.max_images, overlays=args.overlays).items() if v is not None}
+    kw["variants"] = kw.get("variants")
+    result = run_saliency(SaliencyConfig(**model_kwargs(args), **kw), out=args.out)
+    write_json(args.out, result)
+    for method, per_variant in result["methods"].items():
+        for v, r in per_variant.items():
+            share = "-" if r["fg_share"] is None else f"{100 * r['fg_share']:.1f}%"
+            area = "-" if r["fg_area"] is None else f"{100 * r['fg_area']:.1f}%"
+            print(f"{method:<11} {v:<20} on foreground {share:>7} (foreground area {area}, n={r['n']})")
+    print(f"wrote {args.out} and {len(result['overlays'])} overlays")
+    return 0
+
+
+def register(sub) -> None:
+    from ..saliency import METHODS
+
+    p = sub.add_parser("saliency", help="share of Grad-CAM / input-gradient attribution on the foreground mask")
+    add_model_args(p)
+    p.add_argument("--variants", default="all", help="all | comma-separated variant folders")
+    p.add_argument("--methods", default=None, help=f"comma-separated, from: {', '.join(METHODS)} (default: all)")
+    p.add_argument("--layer", default=None, help="Grad-CAM layer name (default: the last Conv2d)")
+    p.add_argument("--target", choices=["label", "pred"], default=None, help="class to attribute (default: label)")
+    p.add_argument("--max-images", type=int, default=None, help="images per variant (seeded subset; default 64)")
+    p.add_argument("--overlays", type=int, default=None, help="overlay PNGs per variant and method (default 4)")
+    p.add_argument("--out", default="saliency.json")
+    p.set_defaults(func=saliency_command)

@@ -1,0 +1,65 @@
+"""``bgbias train``: train a classifier with a background-bias mitigation recipe (one call to :func:`bgbias.train.train`)."""
+from __future__ import annotations
+
+import argparse
+
+from bgbias.train import OPTIMIZERS, SCHEDULES, TrainConfig
+
+
+def _limit(text: str) -> float | None:
+    return None if text.lower() == "none" else float(text)
+
+
+def train_command(args: argparse.Namespace) -> int:
+    from bgbias.train import train
+
+    families = tuple(f.strip() for f in args.families.split(",") if f.strip())
+    size = None if args.size is None else (args.size[0], args.size[-1])
+    fields = {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__
+              and (v is not None or k == "brightness")}
+    metrics = train(TrainConfig(**{**fields, "families": families, "size": size}), progress=not args.quiet)
+    final = ", ".join(f"{k} {v:.4f}" for k, v in metrics["final"].items() if v is not None)
+    print(f"wrote {args.out}/model.pt and {args.out}/metrics.json ({final})")
+    return 0
+
+
+def register(sub) -> None:
+    from bgbias.nets import list_archs
+    from bgbias.train import RECIPES
+
+    d = TrainConfig()
+    p = sub.add_parser("train", help="train with a mitigation recipe (baseline, bg-augment, mixed-rand, adversarial)",
+                       description=__doc__)
+    p.add_argument("--recipe", required=True, choices=RECIPES.names())
+    p.add_argument("--data", required=True, help="source spec (digits, mnist:DIR, folder:DIR, in9:DIR) or build dir")
+    p.add_argument("--out", required=True, help="run folder: model.pt, last.pt, metrics.json")
+    p.add_argument("--arch", default=d.arch, choices=list_archs())
+    p.add_argument("--pretrained", help="initial weights (bgbias checkpoint or state_dict file)")
+    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--optimizer", default=d.optimizer, choices=OPTIMIZERS)
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    p.add_argument("--schedule", default=d.schedule, choices=SCHEDULES)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--device", default=d.device)
+    p.add_argument("--size", type=int, nargs="+", metavar="N", help="resize inputs to H [W] (default: keep)")
+    p.add_argument("--val-fraction", type=float, default=d.val_fraction)
+    p.add_argument("--families", default=",".join(d.families),
+                   help="bg-augment families: color, color:<c>, mean, mean_color, texture[:name], photos:DIR, "
+                        "other_sample, same_class, next_class")
+    p.add_argument("--p", type=float, default=d.p, help="bg-augment: probability a background is swapped")
+    p.add_argument("--true-masks", action="store_true", help="adversarial: use the data's masks, not f_m")
+    p.add_argument("--clean-epochs", type=int, help="adversarial stage 1 epochs (default: --epochs)")
+    p.add_argument("--mask-epochs", type=int, default=d.mask_epochs, help="adversarial stage 2 epochs")
+    p.add_argument("--area", type=float, default=d.area, help="adversarial: area prior a")
+    p.add_argument("--threshold", default=d.threshold, choices=["quantile", "otsu"])
+    p.add_argument("--clean-fraction", type=float, default=d.clean_fraction,
+                   help="adversarial: share of each batch left clean")
+    p.add_argument("--brightness", type=_limit, default=d.brightness,
+                   help="adversarial: L_BA limit on the mean background brightness, or 'none'")
+    p.add_argument("--replay", type=int, default=d.replay, help="adversarial: past backgrounds kept for replay")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    p.set_defaults(func=train_command)

@@ -1,0 +1,637 @@
+"""Foreground masks for sources that have none: mask methods, IN-9 box rules, the mask cache, ``with_masks``.
+
+Methods (registry ``MASK_METHODS``): ``given`` (the source's own mask), ``threshold[:VALUE]``
+(intensity, Otsu by default), ``grabcut`` (OpenCV GrabCut from the annotation boxes, as
+ImageNet-9 made its masks) and ``model:<arch>`` (a torchvision segmentation network with a
+local weights file; never downloads unless asked).
+:func:`with_masks` wraps any source so ``load(i)`` returns a sample with a mask; masks are
+cached on disk per (source spec, item, image content, boxes, method, parameters).
+Drop reasons are ``"<rule>: <detail>"`` so :func:`quality_summary` can count them per rule.
+Also here: :func:`run_masks` / :func:`write_masks` (``bgbias masks``) and the CLI glue
+:func:`add_mask_arguments` / :func:`source_from_args` shared with ``bgbias build``.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from .io import atomic_write_bytes, encode_png, write_json, write_npy
+from .layout import class_dirname, mask_path
+from .registry import Registry
+from .sample import BadSample, Box, Sample, check_mask_usable
+from .seeding import derive_seed
+from .sources import Source
+
+MASK_METHODS: Registry = Registry("mask method")
+CACHE_VERSION = "bgbias-mask-cache/1"
+BOX_MODES = ("one", "union")
+
+
+class MaskMethod:
+    """A function ``Sample -> float32 HxW mask in [0, 1]`` with a name and cache-relevant params."""
+
+    name = "method"
+
+    def params(self) -> dict:
+        """Everything that changes the output (part of the cache key)."""
+        return {}
+
+    def __call__(self, sample: Sample) -> np.ndarray:
+        raise NotImplementedError
+
+
+@MASK_METHODS.register("given")
+class GivenMask(MaskMethod):
+    """The source's own mask (from annotations); a sample without one is dropped."""
+
+    name = "given"
+
+    def __call__(self, sample: Sample) -> np.ndarray:
+        if sample.mask is None:
+            raise BadSample("mask_missing: the source has no mask for this image; use --masks-from grabcut|model:ARCH")
+        return sample.mask
+
+
+@MASK_METHODS.register("threshold")
+class ThresholdMask(MaskMethod):
+    """Grey-level threshold (Otsu unless ``value`` in [0, 1]); polarity 'auto' makes the border background."""
+
+    name = "threshold"
+
+    def __init__(self, value: str | float | None = None, polarity: str = "auto"):
+        self.value = None if value in (None, "", "otsu") else float(value)
+        if self.value is not None and not 0.0 <= self.value <= 1.0:
+            raise ValueError(f"Threshold {value!r} is outside [0, 1]; give a fraction of white or 'otsu'.")
+        if polarity not in ("auto", "bright", "dark"):
+            raise ValueError(f"Unknown threshold polarity {polarity!r}; valid: auto, bright, dark.")
+        self.polarity = polarity
+
+    def params(self) -> dict:
+        return {"value": self.value, "polarity": self.polarity}
+
+    def __call__(self, sample: Sample) -> np.ndarray:
+        grey = cv2.cvtColor(sample.image, cv2.COLOR_RGB2GRAY)
+        if self.value is None:
+            _, bright = cv2.threshold(grey, 0, 1, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+        else:
+            bright = (grey > self.value * 255).astype(np.uint8)
+        fg = bright.astype(bool)
+        if self.polarity == "dark" or (self.polarity == "auto" and _border(fg).mean() > 0.5):
+            fg = ~fg
+        return fg.astype(np.float32)
+
+
+def _border(a: np.ndarray) -> np.ndarray:
+    return np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]])
+
+
+@MASK_METHODS.register("grabcut")
+class GrabCutMask(MaskMethod):
+    """OpenCV GrabCut initialised with the boxes, as IN-9: 5 iterations, < 10% of the box is a failure.
+
+    One box: ``GC_INIT_WITH_RECT`` exactly as IN-9. Several boxes (union mode): the same
+    initialisation written as a mask (every box probable foreground, the rest background).
+    Tries, in order: (1) the box, seed ``seed``; (2) the box, a second seed; (3) every box
+    enlarged by 5% of its size per side. ``cv2.setRNGSeed`` precedes every call, so masks are
+    deterministic. All tries fail -> ``BadSample("grabcut_small: ...")``.
+    """
+
+    name = "grabcut"
+
+    def __init__(self, iterations: int = 5, min_box_fraction: float = 0.1, retries: int = 2, seed: int = 0):
+        if int(iterations) < 1 or not 0.0 <= float(min_box_fraction) < 1.0 or not 0 <= int(retries) <= 2:
+            raise ValueError(f"GrabCut needs iterations >= 1, 0 <= min_box_fraction < 1 and retries in 0..2; "
+                             f"got {iterations}, {min_box_fraction}, {retries}.")
+        self.iterations, self.min_box_fraction = int(iterations), float(min_box_fraction)
+        self.retries, self.seed = int(retries), int(seed)
+
+    def params(self) -> dict:
+        return {"iterations": self.iterations, "min_box_fraction": self.min_box_fraction,
+                "retries": self.retries, "seed": self.seed, "opencv": cv2.__version__}
+
+    def __call__(self, sample: Sample) -> np.ndarray:
+        if not sample.boxes:
+            raise BadSample("no_box: GrabCut needs a box and this image has none (give --boxes)")
+        return grabcut_from_boxes(sample.image, sample.boxes, self.iterations, self.min_box_fraction,
+                                  self.retries, self.seed)
+
+
+def grabcut_from_boxes(image: np.ndarray, boxes: tuple[Box, ...], iterations: int = 5,
+                       min_box_fraction: float = 0.1, retries: int = 2, seed: int = 0) -> np.ndarray:
+    """uint8 HxWx3 RGB + boxes -> float32 HxW {0, 1} foreground. See :class:`GrabCutMask`."""
+    h, w = image.shape[:2]
+    bgr = np.ascontiguousarray(image[:, :, ::-1])
+    region = _box_region(boxes, h, w)
+    area = int(region.sum())
+    if area == 0:
+        raise BadSample("box_zero_area: every box has zero area inside the image")
+    tries = [(boxes, seed), (boxes, derive_seed(seed, "grabcut-retry")), (_enlarge(boxes, 0.05, h, w), seed)]
+    frac, error = 0.0, ""
+    for try_boxes, try_seed in tries[: 1 + retries]:
+        mask = np.zeros((h, w), np.uint8)
+        bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
+        cv2.setRNGSeed(int(try_seed) % (2**31))
+        try:
+            if len(try_boxes) == 1:
+                x0, y0, x1, y1 = try_boxes[0]
+                cv2.grabCut(bgr, mask, (x0, y0, x1 - x0, y1 - y0), bgd, fgd, iterations, cv2.GC_INIT_WITH_RECT)
+            else:
+                mask[:] = cv2.GC_BGD
+                mask[_box_region(try_boxes, h, w)] = cv2.GC_PR_FGD
+                cv2.grabCut(bgr, mask, None, bgd, fgd, iterations, cv2.GC_INIT_WITH_MASK)
+        except cv2.error as e:
+            error = str(e).strip().splitlines()[-1][:120]
+            continue
+        fg = (mask == cv2.GC_FGD) | (mask == cv2.GC_PR_FGD)
+        frac = float(fg[region].sum()) / area
+        if frac >= min_box_fraction:
+            return fg.astype(np.float32)
+    if error and frac == 0.0:
+        raise BadSample(f"grabcut_error: OpenCV failed ({error}); a box covering the whole image leaves no background")
+    raise BadSample(f"grabcut_small: mask covers {frac:.1%} of the box (< {min_box_fraction:.0%}) "
+                    f"after {1 + retries} tries")
+
+
+def _box_region(boxes: tuple[Box, ...], h: int, w: int) -> np.ndarray:
+    region = np.zeros((h, w), bool)
+    for x0, y0, x1, y1 in boxes:
+        region[max(y0, 0):min(y1, h), max(x0, 0):min(x1, w)] = True
+    return region
+
+
+def _enlarge(boxes: tuple[Box, ...], rate: float, h: int, w: int) -> tuple[Box, ...]:
+    out = []
+    for x0, y0, x1, y1 in boxes:
+        dx, dy = max(1, round((x1 - x0) * rate)), max(1, round((y1 - y0) * rate))
+        out.append((max(0, x0 - dx), max(0, y0 - dy), min(w, x1 + dx), min(h, y1 + dy)))
+    return tuple(out)
+
+
+@MASK_METHODS.register("model")
+class ModelMask(MaskMethod):
+    """A torchvision segmentation network (deeplabv3_*, fcn_*, lraspp_*) with a local weights file.
+
+    Foreground = pixels whose arg-max class is in ``fg_classes`` (indices, or names of the
+    21 VOC categories of torchvision's weights); default every class except 0 (background).
+    The network is built without any download (``weights_backbone=None``); ``download=True``
+    fetches torchvision's default weights when no file is given. Loaded lazily, once per process.
+    """
+
+    name = "model"
+
+    def __init__(self, arch: str = "deeplabv3_resnet50", weights: str | os.PathLike | None = None,
+                 fg_classes: str | list | None = None, num_classes: int = 21, size: int = 520,
+                 device: str = "cpu", download: bool = False, trust: bool = False):
+        import torchvision
+        valid = torchvision.models.list_models(module=torchvision.models.segmentation)
+        if arch not in valid:
+            raise ValueError(f"Unknown segmentation architecture {arch!r}; valid: {', '.join(valid)}.")
+        if weights is None and not download:
+            raise ValueError(f"model:{arch} needs a local weights file (--weights FILE); "
+                             f"pass --download-weights to fetch torchvision's default weights instead.")
+        if weights is not None and not Path(weights).is_file():
+            raise ValueError(f"Weights file {weights} does not exist.")
+        self.arch, self.weights, self.num_classes = arch, weights, int(num_classes)
+        self.size, self.device, self.download, self.trust = int(size), device, bool(download), bool(trust)
+        self.fg_classes = self._parse_classes(fg_classes)
+        self._digest = _file_digest(weights) if weights is not None else "torchvision-default"
+        self._net = None
+
+    def _parse_classes(self, spec: str | list | None) -> tuple[int, ...]:
+        from torchvision.models._meta import _VOC_CATEGORIES
+        if spec is None or spec == "" or spec == "all":
+            return tuple(range(1, self.num_classes))
+        names = [c.strip() for c in spec.split(",")] if isinstance(spec, str) else list(spec)
+        out = []
+        for c in names:
+            if str(c).isdigit() and int(c) < self.num_classes:
+                out.append(int(c))
+            elif self.num_classes == len(_VOC_CATEGORIES) and c in _VOC_CATEGORIES:
+                out.append(_VOC_CATEGORIES.index(c))
+            else:
+                valid = ", ".join(_VOC_CATEGORIES[1:]) if self.num_classes == len(_VOC_CATEGORIES) else ""
+                raise ValueError(f"Unknown model class {c!r}; valid: indices 0..{self.num_classes - 1}"
+                                 + (f" or {valid}." if valid else "."))
+        return tuple(sorted(set(out)))
+
+    def params(self) -> dict:
+        return {"arch": self.arch, "weights": self._digest, "fg_classes": list(self.fg_classes),
+                "num_classes": self.num_classes, "size": self.size}
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_net": None}   # workers rebuild the network; never pickle it
+
+    def network(self):
+        """The eval-mode network, built on first use."""
+        if self._net is None:
+            import torchvision
+            from .checkpoint import safe_torch_load
+            kw: dict[str, Any] = {"weights_backbone": None, "num_classes": self.num_classes}
+            if self.weights is None:
+                kw = {"weights": "DEFAULT"}
+                net = torchvision.models.get_model(self.arch, **kw)
+            else:
+                state = safe_torch_load(self.weights, trust=self.trust)
+                state = state.get("state_dict", state.get("model", state)) if isinstance(state, dict) else state
+                if not isinstance(state, dict):
+                    raise ValueError(f"Weights file {self.weights} holds no state dict.")
+                if not self.arch.startswith("lraspp"):
+                    kw["aux_loss"] = any(k.startswith("aux_classifier.") for k in state)
+                net = torchvision.models.get_model(self.arch, **kw)
+                try:
+                    net.load_state_dict(state)
+                except RuntimeError as e:
+                    raise ValueError(f"Weights file {self.weights} does not fit {self.arch} with "
+                                     f"{self.num_classes} classes: {str(e).splitlines()[1][:160]}") from None
+            self._net = net.eval().to(self.device)
+        return self._net
+
+    def __call__(self, sample: Sample) -> np.ndarray:
+        import torch
+        import torch.nn.functional as F
+        h, w = sample.size
+        x = torch.from_numpy(sample.image).to(self.device).permute(2, 0, 1)[None].float() / 255.0
+        mean = torch.tensor([0.485, 0.456, 0.406], device=self.device).view(1, 3, 1, 1)
+        std = torch.tensor([0.229, 0.224, 0.225], device=self.device).view(1, 3, 1, 1)
+        x = (x - mean) / std
+        if self.size:
+            scale = self.size / min(h, w)
+            x = F.interpolate(x, size=(max(1, round(h * scale)), max(1, round(w * scale))), mode="bilinear",
+                              align_corners=False, antialias=True)
+        with torch.no_grad():
+            logits = self.network()(x)["out"]
+            logits = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
+        pred = logits.argmax(1)[0].cpu().numpy()
+        return np.isin(pred, self.fg_classes).astype(np.float32)
+
+
+def _file_digest(path: str | os.PathLike) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+
+def list_mask_methods(pattern: str = "*") -> list[str]:
+    return MASK_METHODS.names(pattern)
+
+
+def create_mask_method(spec: str | MaskMethod, **kwargs: Any) -> MaskMethod:
+    """``"grabcut"``, ``"threshold:0.4"``, ``"model:lraspp_mobilenet_v3_large"`` (weights=FILE) -> method."""
+    return spec if isinstance(spec, MaskMethod) else MASK_METHODS.create(spec, **kwargs)
+
+
+# ---------------------------------------------------------------- IN-9 selection rules
+
+@dataclass(frozen=True)
+class BoxRules:
+    """IN-9's image selection, applied before any mask is computed (so GrabCut runs only on kept images).
+
+    box_mode 'one': exactly one box, else drop (rule ``box_count``); 'union': use every box.
+    crop_rules: drop boxes covering > ``max_crop_cover`` of the centre crop (``box_crop_cover``)
+    or with < ``min_in_crop`` of their area inside it (``box_in_crop``). The crop is ImageNet's
+    evaluation crop: resize the short side to ``resize``, take the centre ``crop`` square.
+    """
+
+    box_mode: str = "union"
+    crop_rules: bool = False
+    max_crop_cover: float = 0.9
+    min_in_crop: float = 0.5
+    resize: int = 256
+    crop: int = 224
+
+    def __post_init__(self) -> None:
+        if self.box_mode not in BOX_MODES:
+            raise ValueError(f"Unknown box mode {self.box_mode!r}; valid: {', '.join(BOX_MODES)}.")
+
+    def apply(self, sample: Sample) -> Sample:
+        """Return the sample unchanged or raise ``BadSample('<rule>: ...')``."""
+        boxes = sample.boxes
+        if self.box_mode == "one" and len(boxes) != 1:
+            raise BadSample(f"box_count: {len(boxes)} boxes (the IN-9 recipe keeps images with exactly one)")
+        if self.crop_rules and boxes:
+            h, w = sample.size
+            side = min(h, w) * self.crop / self.resize
+            cx0, cy0 = (w - side) / 2, (h - side) / 2
+            x0, y0 = min(b[0] for b in boxes), min(b[1] for b in boxes)
+            x1, y1 = max(b[2] for b in boxes), max(b[3] for b in boxes)
+            inter = max(0.0, min(x1, cx0 + side) - max(x0, cx0)) * max(0.0, min(y1, cy0 + side) - max(y0, cy0))
+            if inter / (side * side) > self.max_crop_cover:
+                raise BadSample(f"box_crop_cover: box covers {inter / side ** 2:.0%} of the centre crop "
+                                f"(> {self.max_crop_cover:.0%})")
+            if inter / max(1, (x1 - x0) * (y1 - y0)) < self.min_in_crop:
+                raise BadSample(f"box_in_crop: {inter / ((x1 - x0) * (y1 - y0)):.0%} of the box is inside the "
+                                f"centre crop (< {self.min_in_crop:.0%})")
+        return sample
+
+
+IN9_RULES = BoxRules(box_mode="one", crop_rules=True)
+
+
+# ---------------------------------------------------------------- cache
+
+def default_cache_dir() -> Path:
+    """``$BGBIAS_CACHE/masks`` or ``~/.cache/bgbias/masks``."""
+    root = os.environ.get("BGBIAS_CACHE")
+    return Path(root) / "masks" if root else Path.home() / ".cache" / "bgbias" / "masks"
+
+
+class MaskCache:
+    """Masks on disk, one file per key; failures are cached too (as the drop reason) so they are not retried."""
+
+    def __init__(self, root: str | os.PathLike | None = None):
+        self.root = Path(root) if root else default_cache_dir()
+        self.hits = self.misses = 0
+
+    @staticmethod
+    def key(spec: str, sample: Sample, method: MaskMethod) -> str:
+        h = hashlib.blake2b(digest_size=20)
+        head = {"v": CACHE_VERSION, "spec": spec, "id": sample.id, "method": method.name, "params": method.params(),
+                "shape": list(sample.image.shape), "boxes": [list(b) for b in sample.boxes]}
+        h.update(json.dumps(head, sort_keys=True, default=str).encode())
+        h.update(np.ascontiguousarray(sample.image).data)
+        return h.hexdigest()
+
+    def _path(self, key: str, ext: str) -> Path:
+        return self.root / key[:2] / f"{key}{ext}"
+
+    def get(self, key: str) -> np.ndarray | BadSample | None:
+        png, fail = self._path(key, ".png"), self._path(key, ".json")
+        if png.is_file():
+            arr = cv2.imread(str(png), cv2.IMREAD_GRAYSCALE)
+            if arr is not None:
+                self.hits += 1
+                return arr.astype(np.float32) / 255.0
+        if fail.is_file():
+            try:
+                reason = json.loads(fail.read_text())["reason"]
+                self.hits += 1
+                return BadSample(reason)
+            except (ValueError, KeyError, OSError):
+                pass
+        self.misses += 1
+        return None
+
+    def put(self, key: str, result: np.ndarray | BadSample) -> None:
+        if isinstance(result, BadSample):
+            atomic_write_bytes(self._path(key, ".json"), json.dumps({"reason": result.reason}).encode())
+        else:
+            atomic_write_bytes(self._path(key, ".png"), encode_png(np.rint(result * 255).astype(np.uint8)))
+
+
+# ---------------------------------------------------------------- the wrapper
+
+class MaskedSource(Source):
+    """A source whose samples get masks from ``method`` (after box lookup and the box rules).
+
+    ``fill_only``: keep masks the base source already has (e.g. VOC segmentation PNGs) and
+    compute the rest. Same contract as ``bgbias.sources.Source``.
+    """
+
+    def __init__(self, base: Any, method: MaskMethod, rules: BoxRules = BoxRules(),
+                 boxes: Any = None, cache: MaskCache | None = None,
+                 fill_only: bool = False):
+        super().__init__()
+        self.base, self.method, self.rules, self.box_table = base, method, rules, boxes
+        self.cache, self.fill_only = cache, fill_only
+        self.spec, self.classes = base.spec, base.classes
+        self.scan_dropped = list(getattr(base, "scan_dropped", []))
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def ids(self) -> list[str]:
+        return self.base.ids()
+
+    def labels(self) -> list[int]:
+        return self.base.labels()
+
+    def mask_method(self, i: int) -> str:
+        """Which method makes item ``i``'s mask (``given`` where ``fill_only`` and the source has one)."""
+        has = getattr(self.base, "has_mask", None)
+        return "given" if self.fill_only and has is not None and has(i) else self.method.name
+
+    def load(self, i: int) -> Sample:
+        sample = self.base.load(i)
+        if self.box_table is not None:
+            sample = sample.with_(boxes=self.box_table.lookup(sample))
+        sample = self.rules.apply(sample)
+        if self.fill_only and sample.mask is not None:
+            return sample
+        result = self.cache.get(key := MaskCache.key(self.spec, sample, self.method)) if self.cache else None
+        if result is None:
+            try:
+                result = self.method(sample)
+                check_mask_usable(result)
+            except BadSample as e:
+                result = BadSample(_rule_reason(e.reason, self.method.name))
+            if self.cache:
+                self.cache.put(key, result)
+        if isinstance(result, BadSample):
+            raise result
+        return sample.with_(mask=result)
+
+    def describe(self) -> dict:
+        return {**self.base.describe(), "masks": {
+            "method": self.method.name, "params": self.method.params(), "fill_only": self.fill_only,
+            "rules": asdict(self.rules), "boxes_file": self.box_table is not None,
+            "cache": str(self.cache.root) if self.cache else None}}
+
+
+def _rule_reason(reason: str, method: str) -> str:
+    """Give every mask-stage drop a rule name: ``mask_empty`` / ``mask_full`` / the method's own rule."""
+    if ":" in reason.split(" ")[0]:
+        return reason
+    rule = "mask_empty" if "empty" in reason else "mask_full" if "whole image" in reason else method
+    return f"{rule}: {method} gave a {reason}" if rule != method else f"{method}: {reason}"
+
+
+def with_masks(source: Any, method: str | MaskMethod = "grabcut", *, rules: BoxRules | None = None,
+               box_mode: str | None = None, crop_rules: bool | None = None,
+               boxes: str | os.PathLike | dict | None = None, cache: Any = True, fill_only: bool = False,
+               **params: Any) -> MaskedSource:
+    """Wrap ``source`` so every sample has a mask from ``method`` (``params`` go to the method).
+
+    ``boxes``: a JSON file ``{id: [[x0, y0, x1, y1], ...]}`` (x1/y1 exclusive), a folder of
+    VOC XML files, or such a dict. ``cache``: True (default folder), a folder, or False/None.
+    """
+    rules = rules or BoxRules()
+    if box_mode is not None or crop_rules is not None:
+        rules = BoxRules(box_mode or rules.box_mode, rules.crop_rules if crop_rules is None else crop_rules)
+    if boxes is not None:
+        from .annotations import BoxTable, load_boxes
+        boxes = BoxTable(boxes, "the given boxes") if isinstance(boxes, dict) else load_boxes(boxes)
+    if cache is True or isinstance(cache, (str, os.PathLike)):
+        cache = MaskCache(None if cache is True else cache)
+    return MaskedSource(source, create_mask_method(method, **params), rules, boxes, cache or None, fill_only)
+
+
+# ---------------------------------------------------------------- running, summary
+
+def quality_summary(records: list[dict]) -> dict:
+    """Records ``{"id", "method", "area"}`` (kept) or ``{"id", "reason"}`` (dropped) -> summary dict.
+
+    ``area`` is the mask's foreground fraction of the image; drops are counted per rule
+    (the part of the reason before the first colon).
+    """
+    kept = [r for r in records if "reason" not in r]
+    by_method: dict[str, dict] = {}
+    for r in kept:
+        m = by_method.setdefault(r.get("method", "?"), {"masks": 0, "area_sum": 0.0})
+        m["masks"] += 1
+        m["area_sum"] += float(r.get("area", 0.0))
+    drops: dict[str, int] = {}
+    for r in records:
+        if "reason" in r:
+            rule = r["reason"].split(":", 1)[0] if ":" in r["reason"] else r["reason"]
+            drops[rule] = drops.get(rule, 0) + 1
+    return {"masks": len(kept), "dropped": len(records) - len(kept),
+            "mean_area_fraction": round(sum(float(r.get("area", 0)) for r in kept) / len(kept), 4) if kept else None,
+            "by_method": {k: {"masks": v["masks"], "mean_area_fraction": round(v["area_sum"] / v["masks"], 4)}
+                          for k, v in sorted(by_method.items())},
+            "drops_by_rule": dict(sorted(drops.items()))}
+
+
+def format_summary(summary: dict) -> str:
+    lines = [f"masks: {summary['masks']} kept, {summary['dropped']} dropped, "
+             f"mean area fraction {summary['mean_area_fraction']}"]
+    lines += [f"  {k}: {v['masks']} masks, mean area {v['mean_area_fraction']}" for k, v in summary["by_method"].items()]
+    lines += [f"  dropped ({k}): {v}" for k, v in summary["drops_by_rule"].items()]
+    return "\n".join(lines)
+
+
+_WORKER: dict[str, Any] = {}   # per-process state of a pool worker (the source and output folder)
+
+
+def _init_worker(source: Any, out: Path | None, pool: bool = False) -> None:
+    if pool:   # one thread per process: the pool is the parallelism
+        import torch
+        cv2.setNumThreads(1)
+        torch.set_num_threads(1)
+    _WORKER.update(source=source, out=out, ids=source.ids())
+
+
+def _mask_job(i: int) -> dict:
+    """Load item ``i`` with its mask and (when writing) save it; returns a small record, never raises BadSample."""
+    source, out = _WORKER["source"], _WORKER["out"]
+    try:
+        s = source.load(i)
+    except BadSample as e:
+        return {"index": i, "id": _WORKER["ids"][i], "reason": e.reason}
+    rec = {"index": i, "id": s.id, "label": s.label, "area": round(float((s.mask > 0.5).mean()), 6),
+           "boxes": [list(b) for b in s.object_boxes()],
+           "method": source.mask_method(i) if hasattr(source, "mask_method") else "given"}
+    if out is not None:
+        cdir = class_dirname(s.label, source.classes[s.label], len(source.classes))
+        write_npy(mask_path(out, cdir, s.id), s.mask.astype(np.float32))
+    return rec
+
+
+def run_masks(source: Any, out: str | os.PathLike | None = None, workers: int = 1,
+              indices: list[int] | None = None) -> list[dict]:
+    """Compute (and with ``out``, write ``OUT/fg_mask/val/<NN_class>/<id>.npy``) every mask; records in index order."""
+    indices = list(range(len(source))) if indices is None else list(indices)
+    out = Path(out) if out is not None else None
+    if workers <= 1:
+        _init_worker(source, out)
+        return [_mask_job(i) for i in indices]
+    ctx = multiprocessing.get_context("forkserver")   # a plain fork after OpenCV/torch threads started hung here
+    ctx.set_forkserver_preload(["bgbias.masks"])
+    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(source, out, True)) as ex:
+        return list(ex.map(_mask_job, indices, chunksize=max(1, len(indices) // (workers * 4))))
+
+
+def write_masks(source: Any, out: str | os.PathLike, workers: int = 1) -> dict:
+    """``bgbias masks``: write every mask and ``OUT/masks.json`` (summary + per-item records); returns the summary."""
+    records = run_masks(source, out, workers)
+    dropped = [{"id": d.get("id", d.get("path")), "reason": d["reason"], "stage": "scan"}
+               for d in getattr(source, "scan_dropped", [])]
+    summary = quality_summary(records + dropped)
+    write_json(Path(out) / "masks.json", {"source": source.describe(), "summary": summary,
+                                          "items": records, "scan_dropped": dropped})
+    return summary
+
+
+# ---------------------------------------------------------------- CLI glue (used by `bgbias build` and `bgbias masks`)
+
+ANNOTATION_FAMILIES = ("voc", "imagenet", "coco")
+
+
+def add_mask_arguments(parser: Any) -> None:
+    """Add the mask/annotation options (``--masks-from``, ``--boxes``, ...) to an argparse parser."""
+    g = parser.add_argument_group("masks and annotations")
+    g.add_argument("--masks-from", metavar="METHOD",
+                   help=f"how to get foreground masks: {', '.join(list_mask_methods())} "
+                        "(model:ARCH, threshold[:VALUE]); default: the source's own masks")
+    g.add_argument("--boxes", metavar="FILE|DIR",
+                   help="boxes: JSON {id: [[x0,y0,x1,y1],...]} (x1/y1 exclusive) or a folder of VOC XML files")
+    g.add_argument("--weights", metavar="FILE", help="weights file for --masks-from model:ARCH")
+    g.add_argument("--download-weights", action="store_true", default=None,
+                   help="with model:ARCH and no --weights, download torchvision's default weights")
+    g.add_argument("--fg-classes", metavar="LIST",
+                   help="model output classes that count as foreground (indices or VOC names; default all but 0)")
+    g.add_argument("--classes", metavar="LIST", help="annotation classes to use, comma-separated, in label order")
+    g.add_argument("--foreground", choices=("label", "all"), default=None,
+                   help="coco: foreground is every instance of the label's category (label) or every instance (all)")
+    g.add_argument("--min-area", type=int, metavar="PIXELS", help="coco: drop images whose largest instance is smaller")
+    mode = g.add_mutually_exclusive_group()
+    mode.add_argument("--one-box", dest="box_mode", action="store_const", const="one",
+                      help="IN-9 rule: keep only images with exactly one box (default for imagenet)")
+    mode.add_argument("--union-boxes", dest="box_mode", action="store_const", const="union",
+                      help="use the union of all boxes (default except imagenet)")
+    g.add_argument("--crop-rules", dest="crop_rules", action="store_true", default=None,
+                   help="IN-9 rule: drop boxes covering > 90%% of the centre crop or < 50%% inside it (imagenet default)")
+    g.add_argument("--no-crop-rules", dest="crop_rules", action="store_false")
+    g.add_argument("--mask-cache", metavar="DIR", help="mask cache folder (default $BGBIAS_CACHE/masks or "
+                                                       "~/.cache/bgbias/masks); 'none' disables it")
+
+
+def _cache_from_args(args: Any) -> Any:
+    value = getattr(args, "mask_cache", None)
+    return False if value == "none" else (value or True)
+
+
+def _method_kwargs(args: Any) -> dict:
+    spec = getattr(args, "masks_from", None) or ""
+    if not spec.startswith("model"):
+        return {}
+    return {"weights": getattr(args, "weights", None), "fg_classes": getattr(args, "fg_classes", None),
+            "download": getattr(args, "download_weights", None)}
+
+
+def source_from_args(args: Any, spec: str | None = None) -> Any:
+    """The source named by ``spec`` (default ``args.source``) with the mask options of :func:`add_mask_arguments`.
+
+    Annotation families (voc, imagenet, coco) take the options themselves (and reject ones
+    they do not use); any other source is wrapped by :func:`with_masks` when a mask option is given.
+    """
+    from .sources import create_source
+    spec = spec or args.source
+    family = spec.partition(":")[0]
+    opts = {k: getattr(args, k, None) for k in ("classes", "foreground", "min_area", "boxes", "box_mode",
+                                                "crop_rules")}
+    method = getattr(args, "masks_from", None)
+    if family in ANNOTATION_FAMILIES:
+        return create_source(spec, **opts, masks_from=method, cache=_cache_from_args(args), **_method_kwargs(args))
+    for opt in ("classes", "foreground", "min_area"):
+        if opts[opt] is not None:
+            raise ValueError(f"--{opt.replace('_', '-')} does not apply to source {family!r}; it applies to: "
+                             f"{', '.join(ANNOTATION_FAMILIES) if opt == 'classes' else 'coco'}.")
+    source = create_source(spec)
+    if method is None and all(opts[k] is None for k in ("boxes", "box_mode", "crop_rules")):
+        return source
+    fill_only = method is None and opts["boxes"] is not None   # boxes alone: keep given masks, GrabCut the rest
+    return with_masks(source, method or ("grabcut" if fill_only else "given"), boxes=opts["boxes"],
+                      box_mode=opts["box_mode"], crop_rules=opts["crop_rules"], cache=_cache_from_args(args),
+                      fill_only=fill_only, **_method_kwargs(args))

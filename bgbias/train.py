@@ -1,0 +1,442 @@
+"""Train a classifier that ignores backgrounds: ``bgbias train``'s recipes, one loop, read top to bottom.
+
+    bgbias train --recipe baseline   --data mnist:DIR --arch small-cnn --epochs 5 --out runs/base
+    bgbias train --recipe bg-augment --data digits --families color,mean,other_sample --out runs/aug
+    bgbias train --recipe mixed-rand --data BUILD_DIR --out runs/mr
+    bgbias train --recipe adversarial --data mnist:DIR --out runs/adv
+
+Recipes (``RECIPES``): ``baseline`` (clean images), ``bg-augment`` (report 000:
+:class:`~bgbias.augment.BackgroundSwap` with ``--families``), ``mixed-rand``
+(paper 001: a build dir's ``mixed_rand`` images, or other-sample backgrounds on
+the fly from a source with masks), ``adversarial`` (paper 002, in
+:mod:`bgbias.adversarial`: clean stage, mask-generator stage, adversarial game).
+
+The data is held in memory as uint8 (``[N, 3, H, W]`` images, ``[N, H, W]`` masks),
+augmented per batch on the device in [0, 1], then normalised with the
+checkpoint's ``preprocess`` (``x/255 -> (x - mean) / std``, what ``bgbias eval`` does).
+Each epoch writes ``OUT/last.pt`` (weights + optimiser + augmentation state in
+``extra``); ``--resume`` continues from it and ends with the same weights as an
+uninterrupted run, because every random draw comes from a generator keyed by
+``(seed, phase, epoch, step)``. The end writes ``OUT/model.pt`` and ``OUT/metrics.json``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .checkpoint import load_checkpoint, safe_torch_load, save_checkpoint
+from .io import read_image, read_mask, write_json
+from .nets import ARCHS, create_arch
+from .registry import Registry
+from .sample import BadSample, Sample
+from .seeding import derive_seed, torch_generator
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("cosine", "step", "none")
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a run depends on; saved into ``model.pt``, ``last.pt`` and ``metrics.json``."""
+
+    recipe: str = "baseline"
+    data: str = "digits"
+    out: str = "runs/train"
+    arch: str = "small-cnn"
+    pretrained: str | None = None
+    epochs: int = 5
+    batch_size: int = 128
+    lr: float = 1e-3
+    optimizer: str = "adamw"
+    weight_decay: float = 1e-4
+    schedule: str = "cosine"
+    seed: int = 0
+    device: str = "cpu"
+    size: tuple[int, int] | None = None          # resize inputs to (H, W); None keeps the data's size
+    val_fraction: float = 0.1
+    families: tuple[str, ...] = ("color", "mean", "other_sample")   # bg-augment
+    p: float = 0.8                               # bg-augment: chance a sample's background is swapped
+    true_masks: bool = False                     # adversarial: use the data's masks instead of f_m
+    clean_epochs: int | None = None              # adversarial stage 1 (None -> epochs)
+    mask_epochs: int = 3                         # adversarial stage 2
+    area: float = 0.2                            # adversarial: area prior a
+    threshold: str = "quantile"                  # adversarial: "quantile" (A(m >= t) = a) or "otsu"
+    brightness: float | None = 0.5               # adversarial: L_BA limit on mean(b); None disables
+    clean_fraction: float = 0.2                  # adversarial: share of each batch left clean
+    replay: int = 2048                           # adversarial: past generated backgrounds kept for replay
+    resume: bool = False                         # continue from OUT/last.pt (config must match)
+
+    def validate(self) -> "TrainConfig":
+        if self.recipe not in RECIPES:
+            raise ValueError(f"Unknown recipe {self.recipe!r}; valid: {', '.join(RECIPES.names())}.")
+        if self.arch not in ARCHS:
+            raise ValueError(f"Unknown architecture {self.arch!r}; valid: {', '.join(ARCHS.names())}.")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"Unknown optimizer {self.optimizer!r}; valid: {', '.join(OPTIMIZERS)}.")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"Unknown schedule {self.schedule!r}; valid: {', '.join(SCHEDULES)}.")
+        if self.threshold not in ("quantile", "otsu"):
+            raise ValueError(f"Unknown threshold {self.threshold!r}; valid: quantile, otsu.")
+        for name in ("epochs", "batch_size", "mask_epochs"):
+            if int(getattr(self, name)) < (0 if name == "mask_epochs" else 1):
+                raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(self, name)}.")
+        if self.clean_epochs is not None and (self.clean_epochs < 0 or (self.clean_epochs == 0 and not self.pretrained)):
+            raise ValueError(f"--clean-epochs must be positive (or 0 with --pretrained), got {self.clean_epochs}.")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError(f"--val-fraction must be in [0, 1), got {self.val_fraction}.")
+        if not 0.0 <= self.clean_fraction <= 1.0 or self.replay < 0:
+            raise ValueError(f"--clean-fraction must be in [0, 1] and --replay >= 0, got {self.clean_fraction} "
+                             f"and {self.replay}.")
+        if not 0.0 < self.area < 1.0:
+            raise ValueError(f"--area must be in (0, 1), got {self.area}.")
+        return self
+
+
+# ---------------------------------------------------------------------------------------------- data
+@dataclass
+class TrainData:
+    """A labelled dataset in memory: uint8 images ``[N,3,H,W]``, uint8 masks ``[N,H,W]`` (255 = fg) or None."""
+
+    images: torch.Tensor
+    masks: torch.Tensor | None
+    labels: torch.Tensor
+    ids: list[str]
+    classes: list[str]
+    skipped: list[dict]
+
+    def samples(self, rows: list[int]) -> list[Sample]:
+        """``Sample`` objects for fitting backgrounds (``mean``)."""
+        out = []
+        for r in rows:
+            mask = None if self.masks is None else self.masks[r].numpy().astype(np.float32) / 255.0
+            out.append(Sample(self.images[r].permute(1, 2, 0).numpy(), mask, int(self.labels[r]), self.ids[r]))
+        return out
+
+
+def _is_build_dir(path: str) -> bool:
+    p = Path(path)
+    return p.is_dir() and ((p / "manifest.json").is_file() or (p / "fg_mask").is_dir())
+
+
+def _resize(image: np.ndarray, mask: np.ndarray | None, size: tuple[int, int] | None):
+    if size is None or image.shape[:2] == tuple(size):
+        return image, mask
+    import cv2
+
+    h, w = size
+    image = cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA)
+    mask = None if mask is None else cv2.resize(mask, (w, h), interpolation=cv2.INTER_LINEAR)
+    return image, mask
+
+
+def load_data(data: str, variant: str = "original", size: tuple[int, int] | None = None) -> TrainData:
+    """Read a source spec (``digits``, ``mnist:DIR``, ...) or a build dir's ``variant`` into memory."""
+    images, masks, labels, ids, skipped = [], [], [], [], []
+
+    def add(image: np.ndarray, mask: np.ndarray | None, label: int, sid: str) -> None:
+        image, mask = _resize(image, mask, size)
+        if images and image.shape != images[0].shape:
+            raise ValueError(f"Images differ in size ({image.shape[1]}x{image.shape[0]} vs "
+                             f"{images[0].shape[1]}x{images[0].shape[0]}); pass --size H W.")
+        images.append(image)
+        masks.append(mask)
+        labels.append(int(label))
+        ids.append(sid)
+
+    if _is_build_dir(data):
+        from .layout import find_mask, list_classes, list_items
+
+        classes = list_classes(data, variant)
+        for item in list_items(data, variant):
+            try:
+                image = read_image(item.path)
+                mpath = find_mask(data, item)
+                add(image, read_mask(mpath, image.shape[:2]) if mpath.is_file() else None, item.label, item.id)
+            except BadSample as e:
+                skipped.append({"path": str(item.path), "reason": e.reason})
+    else:
+        from .sources import create_source
+
+        source = create_source(data)
+        classes = list(source.classes)
+        for i in range(len(source)):
+            try:
+                s = source.load(i)
+                add(s.image, s.mask, s.label, s.id)
+            except BadSample as e:
+                skipped.append({"id": source.ids()[i], "reason": e.reason})
+    if not images:
+        raise ValueError(f"No usable images in {data!r} ({len(skipped)} skipped).")
+    img = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
+    msk = None
+    if all(m is not None for m in masks):
+        msk = torch.from_numpy(np.rint(np.stack(masks) * 255.0).astype(np.uint8))
+    return TrainData(img, msk, torch.tensor(labels, dtype=torch.long), ids, classes, skipped)
+
+
+# ------------------------------------------------------------------------------------------- recipes
+class Augment(Protocol):
+    """A per-batch transform inside the training step: ``x`` float [N,3,H,W] in [0,1] -> same."""
+
+    seen: list[str]
+
+    def __call__(self, x: torch.Tensor, m: torch.Tensor | None, y: torch.Tensor, g: torch.Generator,
+                 model: nn.Module) -> torch.Tensor: ...
+
+
+@dataclass
+class Recipe:
+    """What a recipe changes: the build-dir variant it reads, its phases, each phase's augmentation, and
+    the background families it shows (variant-style names; ``bgbias eval`` marks matching variants as seen)."""
+
+    variant: str = "original"
+    phases: Callable[[TrainConfig], list[tuple[str, int]]] = lambda cfg: [("main", cfg.epochs)]
+    augment: Callable[..., Augment | None] = lambda phase, cfg, data, model, ctx: None
+    seen: Callable[[TrainConfig], list[str]] = lambda cfg: []
+
+
+RECIPES: Registry[Recipe] = Registry("recipe")
+
+
+class SwapAugment:
+    """:class:`~bgbias.augment.BackgroundSwap` as a training-step augmentation."""
+
+    def __init__(self, swap: Any):
+        self.swap, self.seen = swap, swap.seen
+
+    def __call__(self, x, m, y, g, model):
+        return self.swap.batch(x, m, y, generator=g)
+
+
+def _swap(cfg: TrainConfig, data: TrainData, families: Any, p: float) -> SwapAugment:
+    from .augment import BackgroundSwap
+
+    if data.masks is None:
+        raise ValueError(f"Recipe {cfg.recipe!r} needs foreground masks, but {cfg.data!r} has none; "
+                         "use a source with masks or a build dir with fg_mask.")
+    swap = BackgroundSwap(families, p=p, seed=cfg.seed, num_classes=len(data.classes))
+    rows = torch.randperm(len(data.labels), generator=torch_generator(cfg.seed, "fit"))[:2000].tolist()
+    return SwapAugment(swap.fit(data.samples(rows)))
+
+
+@RECIPES.register("baseline", help="clean images, no background augmentation")
+def _baseline() -> Recipe:
+    return Recipe()
+
+
+@RECIPES.register("bg-augment", help="report 000: BackgroundSwap with --families")
+def _bg_augment() -> Recipe:
+    from .augment import families_seen
+
+    return Recipe(augment=lambda phase, cfg, data, model, ctx: _swap(cfg, data, cfg.families, cfg.p),
+                  seen=lambda cfg: families_seen(cfg.families))
+
+
+@RECIPES.register("mixed-rand", help="paper 001: train on Mixed-Rand (build dir mixed_rand, or on the fly)")
+def _mixed_rand() -> Recipe:
+    def augment(phase, cfg, data, model, ctx):
+        return None if _is_build_dir(cfg.data) else _swap(cfg, data, {"other_sample": 1.0}, 1.0)
+
+    return Recipe(variant="mixed_rand", augment=augment, seen=lambda cfg: ["mixed_rand"])
+
+
+@RECIPES.register("adversarial", help="paper 002: mask generator + adversarial background generator")
+def _adversarial() -> Recipe:
+    from .adversarial import adversarial_augment
+
+    return Recipe(phases=lambda cfg: [("clean", cfg.epochs if cfg.clean_epochs is None else cfg.clean_epochs),
+                                       ("adversarial", cfg.epochs)],
+                  augment=adversarial_augment, seen=lambda cfg: ["adversarial"])
+
+
+# ---------------------------------------------------------------------------------------------- model
+def preprocess_for(cfg: TrainConfig, data: TrainData) -> dict[str, Any]:
+    """The checkpoint's ``preprocess``: ImageNet stats for torchvision archs, 0.5/0.5 otherwise."""
+    tv = "torchvision" in ARCHS.entry(cfg.arch).tags
+    mean, std = (IMAGENET_MEAN, IMAGENET_STD) if tv else ((0.5,) * 3, (0.5,) * 3)
+    return {"size": list(data.images.shape[-2:]), "mean": list(mean), "std": list(std)}
+
+
+def build_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
+    """Seeded init (global RNG forked so the caller's is untouched), then optional ``--pretrained`` weights."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derive_seed(cfg.seed, "init"))
+        model = create_arch(cfg.arch, num_classes)
+    if cfg.pretrained:
+        state = safe_torch_load(cfg.pretrained)
+        state = state.get("state_dict", state) if isinstance(state, dict) else state
+        own = model.state_dict()
+        fits = {k: v for k, v in state.items() if k in own and tuple(v.shape) == tuple(own[k].shape)}
+        if not fits:
+            raise ValueError(f"No weights in {cfg.pretrained} fit architecture {cfg.arch!r}.")
+        model.load_state_dict(fits, strict=False)
+    return model
+
+
+def make_optimizer(cfg: TrainConfig, model: nn.Module, total_steps: int):
+    """Optimiser plus a per-step LR schedule (cosine to 0, or /10 at 50% and 75%)."""
+    params = model.parameters()
+    if cfg.optimizer == "sgd":
+        opt = torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay)
+    elif cfg.optimizer == "adam":
+        opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    else:
+        opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+    def factor(step: int) -> float:
+        t = min(step / max(total_steps, 1), 1.0)
+        if cfg.schedule == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * t))
+        if cfg.schedule == "step":
+            return 0.1 ** ((t >= 0.5) + (t >= 0.75))
+        return 1.0
+
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+def normalizer(preprocess: dict[str, Any], device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
+    mean = torch.tensor(preprocess["mean"], device=device).view(1, 3, 1, 1)
+    std = torch.tensor(preprocess["std"], device=device).view(1, 3, 1, 1)
+    return lambda x: (x - mean) / std
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, norm: Callable, device: torch.device,
+             batch_size: int = 256) -> float:
+    """Top-1 accuracy on uint8 images (eval mode, no augmentation)."""
+    model.eval()
+    correct = 0
+    for i in range(0, len(labels), batch_size):
+        x = images[i:i + batch_size].to(device).float() / 255.0
+        correct += int((model(norm(x)).argmax(1).cpu() == labels[i:i + batch_size]).sum())
+    return correct / max(len(labels), 1)
+
+
+# ----------------------------------------------------------------------------------------------- loop
+def run_epoch(model, opt, sched, data: TrainData, rows: torch.Tensor, cfg: TrainConfig, phase: str, epoch: int,
+              augment: Augment | None, norm: Callable, device: torch.device, progress: bool) -> dict[str, float]:
+    """One pass over ``rows`` in a seeded order; returns mean loss and train accuracy (on augmented inputs)."""
+    from tqdm.auto import tqdm
+
+    model.train()
+    order = rows[torch.randperm(len(rows), generator=torch_generator(cfg.seed, "shuffle", phase, epoch))]
+    batches = [order[i:i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
+    loss_sum, correct, seen, t0 = 0.0, 0, 0, time.time()
+    bar = tqdm(batches, desc=f"{phase} {epoch + 1}", leave=False, disable=not progress, dynamic_ncols=True)
+    for step, idx in enumerate(bar):
+        x = data.images[idx].to(device).float() / 255.0
+        y = data.labels[idx].to(device)
+        if augment is not None:
+            m = None if data.masks is None else data.masks[idx].to(device).unsqueeze(1).float() / 255.0
+            x = augment(x, m, y, torch_generator(cfg.seed, "augment", phase, epoch, step), model)
+            model.train()
+        logits = model(norm(x))
+        loss = F.cross_entropy(logits, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        loss_sum += float(loss.detach()) * len(y)
+        correct += int((logits.argmax(1) == y).sum())
+        seen += len(y)
+        bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
+    return {"loss": loss_sum / seen, "train_accuracy": correct / seen, "seconds": round(time.time() - t0, 2)}
+
+
+def train(cfg: TrainConfig, progress: bool = True, stop_after: int | None = None,
+          data: TrainData | None = None) -> dict[str, Any]:
+    """Run a recipe end to end; returns the metrics dict (also written to ``OUT/metrics.json``).
+
+    ``data``: already-loaded data to use instead of reading ``cfg.data`` (benchmarks use a split of a source).
+    ``stop_after``: stop after this many epochs of this call (all phases counted), leaving ``last.pt``
+    to ``--resume`` from (used by tests and for time-sliced runs).
+    """
+    cfg.validate()
+    recipe = RECIPES.create(cfg.recipe)
+    device = torch.device(cfg.device)
+    out = Path(cfg.out)
+    if data is None:
+        data = load_data(cfg.data, recipe.variant if _is_build_dir(cfg.data) else "original", cfg.size)
+    data = dataclasses.replace(data)  # recipes may swap in learned masks; the caller's object stays as given
+    n = len(data.labels)
+    perm = torch.randperm(n, generator=torch_generator(cfg.seed, "split"))
+    n_val = int(round(cfg.val_fraction * n))
+    val_rows, train_rows = perm[:n_val].sort().values, perm[n_val:].sort().values
+    preprocess = preprocess_for(cfg, data)
+    norm = normalizer(preprocess, device)
+    model = build_model(cfg, len(data.classes)).to(device)
+    config = dataclasses.asdict(cfg)
+    meta = {"arch": cfg.arch, "arch_kwargs": {}, "classes": data.classes, "preprocess": preprocess,
+            "recipe": cfg.recipe, "seed": cfg.seed, "config": config, "families_seen": recipe.seen(cfg),
+            "epoch": 0}
+
+    # resume: weights, history, and where we were (phase index, epoch within phase)
+    history: list[dict] = []
+    start_phase, start_epoch, extra = 0, 0, {}
+    last = out / "last.pt"
+    if cfg.resume and last.is_file():
+        ckpt = load_checkpoint(last)
+        free = ("device", "out", "resume")
+        old = {k: v for k, v in ckpt["meta"]["config"].items() if k not in free}
+        new = {k: v for k, v in config.items() if k not in free}
+        if old != new:
+            diff = sorted(k for k in new if old.get(k) != new[k])
+            raise ValueError(f"Cannot resume {last}: the config differs in {', '.join(diff)}; use a new --out.")
+        model.load_state_dict(ckpt["state_dict"])
+        extra = ckpt["extra"]
+        history = list(extra.get("history", []))
+        start_phase, start_epoch = int(extra["phase_index"]), int(extra["phase_epoch"])
+
+    ctx: dict[str, Any] = {"norm": norm, "device": device, "train_rows": train_rows, "extra": extra,
+                           "progress": progress}
+    steps_per_epoch = math.ceil(len(train_rows) / cfg.batch_size)
+    done_now = 0
+    for pi, (phase, epochs) in enumerate(recipe.phases(cfg)):
+        if pi < start_phase:
+            continue
+        augment = recipe.augment(phase, cfg, data, model, ctx)
+        opt, sched = make_optimizer(cfg, model, epochs * steps_per_epoch)
+        first = start_epoch if pi == start_phase else 0
+        if first and "optimizer" in extra:
+            opt.load_state_dict(extra["optimizer"])
+            sched.load_state_dict(extra["scheduler"])
+        for epoch in range(first, epochs):
+            stats = run_epoch(model, opt, sched, data, train_rows, cfg, phase, epoch, augment, norm, device, progress)
+            row = {"epoch": len(history) + 1, "phase": phase, **stats}
+            if n_val:
+                row["val_accuracy"] = accuracy(model, data.images[val_rows], data.labels[val_rows], norm, device)
+            history.append(row)
+            if progress:
+                print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+            state = {"phase_index": pi, "phase_epoch": epoch + 1, "history": history,
+                     "optimizer": opt.state_dict(), "scheduler": sched.state_dict()}
+            if hasattr(augment, "state_dict"):
+                state["augment"] = augment.state_dict()
+            if epoch + 1 == epochs:  # next phase starts fresh
+                state = {"phase_index": pi + 1, "phase_epoch": 0, "history": history,
+                         **({"augment": state["augment"]} if "augment" in state else {})}
+            save_checkpoint(last, model.state_dict(), {**meta, "epoch": len(history)}, state)
+            done_now += 1
+            if stop_after is not None and done_now >= stop_after:
+                return {"kind": "bgbias-train/1", "stopped": True, "history": history}
+        extra = {}
+
+    final = {"train_accuracy": history[-1]["train_accuracy"] if history else None}
+    if n_val:
+        final["val_accuracy"] = history[-1]["val_accuracy"]
+    metrics = {"kind": "bgbias-train/1", "recipe": cfg.recipe, "arch": cfg.arch, "classes": data.classes,
+               "families_seen": meta["families_seen"], "config": config, "history": history, "final": final,
+               "n_train": len(train_rows), "n_val": n_val, "skipped": data.skipped}
+    save_checkpoint(out / "model.pt", model.state_dict(), {**meta, "epoch": len(history)})
+    write_json(out / "metrics.json", metrics)
+    return metrics

@@ -1,0 +1,92 @@
+"""The one compositing kernel: no in-place edits, dtype/device kept, batched == unbatched, exact at m in {0, 1}."""
+import numpy as np
+import pytest
+import torch
+
+from bgbias.compose import compose, compose_np
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def _inputs(dtype, device, batch=(), soft=True, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    shape = (*batch, 3, 9, 11)
+    if dtype == torch.uint8:
+        fg = torch.randint(0, 256, shape, generator=g, dtype=torch.uint8)
+        bg = torch.randint(0, 256, shape, generator=g, dtype=torch.uint8)
+    else:
+        fg, bg = torch.rand(shape, generator=g).to(dtype), torch.rand(shape, generator=g).to(dtype)
+    m = torch.rand((*batch, 9, 11), generator=g)
+    if not soft:
+        m = (m > 0.5).float()
+    m[..., 0, :] = 1.0
+    m[..., -1, :] = 0.0
+    return fg.to(device), bg.to(device), m.to(device)
+
+
+def check_kernel(kernel, fg, bg, m):
+    """torchvision-style checks: inputs untouched, dtype/device kept, batched == per-item."""
+    versions = [t._version for t in (fg, bg, m)]
+    copies = [t.clone() for t in (fg, bg, m)]
+    out = kernel(fg, bg, m)
+    assert [t._version for t in (fg, bg, m)] == versions
+    assert all(torch.equal(a, b) for a, b in zip((fg, bg, m), copies))
+    assert out.dtype == fg.dtype and out.device == fg.device and out.shape == fg.shape
+    if fg.ndim == 4:
+        singles = torch.stack([kernel(fg[i], bg[i], m[i]) for i in range(fg.shape[0])])
+        assert torch.equal(out, singles)
+    return out
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float32, torch.float64])
+@pytest.mark.parametrize("batch", [(), (4,)])
+def test_compose_check_kernel(device, dtype, batch):
+    fg, bg, m = _inputs(dtype, device, batch)
+    out = check_kernel(compose, fg, bg, m)
+    ones, zeros = (m == 1).unsqueeze(-3).expand_as(fg), (m == 0).unsqueeze(-3).expand_as(fg)
+    assert torch.equal(out[ones], fg[ones]), "foreground must be exact where m == 1"
+    assert torch.equal(out[zeros], bg[zeros]), "background must be exact where m == 0"
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])
+def test_soft_mask_blends(dtype):
+    fg, bg, m = _inputs(dtype, "cpu", (2,))
+    out = compose(fg, bg, m).double()
+    want = m.unsqueeze(-3).double() * fg.double() + (1 - m.unsqueeze(-3).double()) * bg.double()
+    tol = 0.5 if dtype == torch.uint8 else 1e-6
+    assert (out - want).abs().max() <= tol
+
+
+def test_mask_with_channel_dim_and_bool_mask_agree():
+    fg, bg, m = _inputs(torch.float32, "cpu", (3,), soft=False)
+    a = compose(fg, bg, m)
+    assert torch.equal(a, compose(fg, bg, m.unsqueeze(-3)))
+    assert torch.equal(a, compose(fg, bg, m.bool()))
+
+
+def test_one_foreground_broadcasts_over_many_backgrounds():
+    fg, bg, m = _inputs(torch.float32, "cpu", (5,))
+    out = compose(fg[0][None], bg, m[0][None])
+    assert out.shape == bg.shape
+    for k in range(5):
+        assert torch.equal(out[k], compose(fg[0], bg[k], m[0]))
+
+
+def test_bad_inputs_raise_one_clear_error():
+    fg, bg, m = _inputs(torch.float32, "cpu")
+    with pytest.raises(ValueError, match="does not fit image shape"):
+        compose(fg, bg, m[:, :5])
+    with pytest.raises(TypeError, match="share a dtype"):
+        compose(fg, bg.double(), m)
+    with pytest.raises(TypeError, match="Mask must be float"):
+        compose(fg, bg, (m * 255).to(torch.uint8))
+
+
+def test_compose_np_matches_torch_kernel():
+    rng = np.random.default_rng(0)
+    fg, bg = rng.integers(0, 256, (2, 7, 8, 3), dtype=np.uint8)
+    m = rng.random((7, 8)).astype(np.float32)
+    out = compose_np(fg, bg, m)
+    ref = compose(torch.from_numpy(fg).permute(2, 0, 1), torch.from_numpy(bg).permute(2, 0, 1), torch.from_numpy(m))
+    assert out.dtype == np.uint8 and np.array_equal(out, ref.permute(1, 2, 0).numpy())
