@@ -19,6 +19,9 @@ from PIL import Image, UnidentifiedImageError
 
 from .sample import BadSample, to_mask, to_rgb_uint8
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
 
@@ -29,6 +32,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give outputs normal permissions
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
