@@ -4,7 +4,8 @@ Run: ``python bench/build.py`` (``--n 500`` images, ``--quick`` for 100). Prints
 ``bgbias.build.build`` (one worker, one thread) and of a naive PIL/numpy loop that writes the
 same files (same variants, same pairing, PIL's default PNG, everything recomputed per
 variant), both per CPU-second (fair on a busy machine) and per wall-second, and the ratio.
-Then the peak RSS growth of a build of N/2 vs N images (each in a fresh process).
+Each run is a fresh process; the two are interleaved for ``--rounds`` rounds and the median
+ratio is reported (the machine is shared). Then the peak RSS growth of a build of N/2 vs N images.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import json
 import os
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -135,35 +137,52 @@ def run_naive(images: Path, masks: Path, out: Path, manifest: dict) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=500)
-    ap.add_argument("--quick", action="store_true", help="100 images")
-    ap.add_argument("--child", nargs=4, metavar=("IMAGES", "MASKS", "OUT", "N"), help=argparse.SUPPRESS)
+    ap.add_argument("--quick", action="store_true", help="100 images, 2 rounds")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds of both; the median ratio is reported")
+    ap.add_argument("--dir", default=None, help="where to build (default: the system temp folder); e.g. /dev/shm "
+                    "to leave out the disk, whose per-file cost both runs pay alike")
+    ap.add_argument("--child", nargs=5, metavar=("WHICH", "IMAGES", "MASKS", "OUT", "N"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        print(json.dumps(run_bgbias(Path(args.child[0]), Path(args.child[1]), Path(args.child[2]), int(args.child[3]))))
+        which, images, masks, out, k = args.child
+        if which == "bgbias":
+            res = run_bgbias(Path(images), Path(masks), Path(out), int(k))
+        else:
+            res = run_naive(Path(images), Path(masks), Path(out), json.loads((Path(out).parent / "manifest.json").read_text()))
+        print(json.dumps(res))
         return
-    n = 100 if args.quick else args.n
-    tmp = Path(tempfile.mkdtemp(prefix="bgbias-bench-"))
+    n, rounds = (100, 2) if args.quick else (args.n, args.rounds)
+    tmp = Path(tempfile.mkdtemp(prefix="bgbias-bench-", dir=args.dir))
     try:
         images, masks = make_images(tmp / "data", n)
 
-        def child(k: int, name: str) -> dict:
-            cmd = [sys.executable, __file__, "--child", str(images), str(masks), str(tmp / name), str(k)]
+        def child(which: str, k: int, name: str) -> dict:
+            shutil.rmtree(tmp / name, ignore_errors=True)
+            cmd = [sys.executable, __file__, "--child", which, str(images), str(masks), str(tmp / name), str(k)]
             env = {**os.environ, "OMP_NUM_THREADS": "1"}
-            return json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout)
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+            if proc.returncode:
+                raise SystemExit(f"{which} run failed:\n{proc.stderr[-3000:]}")
+            return json.loads(proc.stdout)
 
-        ours = child(n, "bgbias")
-        half = child(n // 2, "bgbias_half")
-        manifest = json.loads((tmp / "bgbias" / "manifest.json").read_text())
-        naive = run_naive(images, masks, tmp / "naive", manifest)
+        half = child("bgbias", n // 2, "bgbias_half")
+        ours, naive = [], []
+        for r in range(rounds):          # interleaved, so both see the same machine load
+            ours.append(child("bgbias", n, "bgbias"))
+            shutil.copy(tmp / "bgbias" / "manifest.json", tmp / "manifest.json")
+            naive.append(child("naive", n, "naive"))
         files = lambda root: sorted(p.relative_to(root) for p in root.rglob("*") if p.suffix in (".png", ".npy"))  # noqa: E731
         same = files(tmp / "bgbias") == files(tmp / "naive")
-        print(f"build of the 8 IN-9 variants at 224x224 from {n} generated 256x320 images (1 worker, 1 thread)")
-        for name, r in (("bgbias build", ours), ("naive PIL/numpy loop", naive)):
-            print(f"  {name:<22} {r['n'] / r['cpu']:8.1f} images/CPU-s  {r['n'] / r['wall']:8.1f} images/s wall")
-        print(f"  speed-up per core: {naive['cpu'] / ours['cpu']:.1f}x (CPU time), {naive['wall'] / ours['wall']:.1f}x (wall)"
-              f"; same files written: {same}")
+        med = lambda rs, key: statistics.median(r[key] for r in rs)  # noqa: E731
+        print(f"build of the 8 IN-9 variants at 224x224 from {n} generated 256x320 images "
+              f"(1 worker, 1 thread; median of {rounds} interleaved rounds; in {tmp.parent})")
+        for name, rs in (("bgbias build", ours), ("naive PIL/numpy loop", naive)):
+            print(f"  {name:<22} {n / med(rs, 'cpu'):8.1f} images/CPU-s  {n / med(rs, 'wall'):8.1f} images/s wall")
+        ratios = sorted(b["cpu"] / a["cpu"] for a, b in zip(ours, naive))
+        print(f"  speed-up per core: {statistics.median(ratios):.1f}x (CPU time; rounds {', '.join(f'{x:.1f}' for x in ratios)}), "
+              f"{med(naive, 'wall') / med(ours, 'wall'):.1f}x (wall); same files written: {same}")
         print(f"  peak RSS growth: {half['rss_growth_mb']:.1f} MB for {half['n']} images, "
-              f"{ours['rss_growth_mb']:.1f} MB for {ours['n']} images")
+              f"{ours[-1]['rss_growth_mb']:.1f} MB for {n} images")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -60,21 +60,15 @@ def box_mask(shape: tuple[int, int], boxes: Iterable[Box]) -> np.ndarray:
     return m
 
 
-def only_bg_t(image: np.ndarray, boxes: Iterable[Box]) -> np.ndarray:
-    """IN-9 Only-BG-T: the box region filled by tiling the largest background strip outside it.
+def tile_strip(image: np.ndarray, boxes: Iterable[Box]) -> np.ndarray:
+    """The full-frame tiling behind Only-BG-T: the largest background strip outside the box(es), repeated.
 
     image: uint8 HxWx3. The strip is the larger of the left/right/top/bottom
     margins around the union of ``boxes`` (ties: left, right, top, bottom); it
-    is repeated along its short axis, phase-aligned to the box edge. Pixels
-    outside the boxes are unchanged. Returns a new uint8 HxWx3 array.
+    is repeated along its short axis, phase-aligned to the box edge.
     Raises :class:`BadSample` when the boxes leave no margin to tile from.
     """
-    from .compose import compose_np
-
-    boxes = tuple(boxes)
     h, w = image.shape[:2]
-    if not boxes:
-        return image.copy()
     x0 = max(0, min(b[0] for b in boxes)); y0 = max(0, min(b[1] for b in boxes))
     x1 = min(w, max(b[2] for b in boxes)); y1 = min(h, max(b[3] for b in boxes))
     strips = [("left", x0 * h), ("right", (w - x1) * h), ("top", y0 * w), ("bottom", (h - y1) * w)]
@@ -83,13 +77,22 @@ def only_bg_t(image: np.ndarray, boxes: Iterable[Box]) -> np.ndarray:
         raise BadSample("object box covers the whole image (no background strip to tile for Only-BG-T)")
     if side in ("left", "right"):
         strip = image[:, :x0] if side == "left" else image[:, x1:]
-        idx = (np.arange(w) - x0) % strip.shape[1]
-        tiled = strip[:, idx]
-    else:
-        strip = image[:y0] if side == "top" else image[y1:]
-        idx = (np.arange(h) - y0) % strip.shape[0]
-        tiled = strip[idx]
-    return compose_np(np.ascontiguousarray(tiled), image, box_mask((h, w), boxes))
+        return np.ascontiguousarray(strip[:, (np.arange(w) - x0) % strip.shape[1]])
+    strip = image[:y0] if side == "top" else image[y1:]
+    return np.ascontiguousarray(strip[(np.arange(h) - y0) % strip.shape[0]])
+
+
+def only_bg_t(image: np.ndarray, boxes: Iterable[Box]) -> np.ndarray:
+    """IN-9 Only-BG-T: the box region filled by :func:`tile_strip`; pixels outside the boxes unchanged.
+
+    Returns a new uint8 HxWx3 array (a copy of ``image`` when there are no boxes).
+    """
+    from .compose import compose_np
+
+    boxes = tuple(boxes)
+    if not boxes:
+        return image.copy()
+    return compose_np(tile_strip(image, boxes), image, box_mask(image.shape[:2], boxes) > 0)
 
 
 def to_uint8(t: torch.Tensor) -> np.ndarray:
@@ -225,7 +228,8 @@ class MeanBackground(Background):
             raise ValueError(f"Background {self.name!r} must be fitted on a dataset first (call fit(samples)).")
         h, w = _check_size(size)
         img = resize_crop(self.mean_image, (h, w))
-        t = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).to(device)
+        img = np.array(img, dtype=np.float32, order="C", copy=not img.flags.writeable)  # Ray hands read-only arrays
+        t = torch.from_numpy(img).permute(2, 0, 1).to(device)
         return t.unsqueeze(0).expand(n, 3, h, w).contiguous()
 
     def describe(self):

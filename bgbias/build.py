@@ -8,8 +8,11 @@ worker count, the executor or the order chunks finish in):
 1. samples: load, resize, check, write ``fg_mask`` and every variant that
    needs no partner; record which samples were kept and why others were dropped;
 2. mixed: plan partners among kept samples from ``(seed, id, variant)``, then
-   paste each foreground on its partner's Only-BG-T (read back from OUT when
-   it was written in pass 1, else recomputed).
+   paste each foreground on its partner's Only-BG-T. Pass 1 leaves each
+   chunk's originals and Only-BG-T backgrounds as raw pixels in one cache file
+   per chunk (OUT/.bgbias-cache, removed at the end), so pass 2 reads them
+   with one seek instead of decoding PNGs; samples finished by an earlier run
+   have no cache entry and are read back from their PNGs (or recomputed).
 
 Every file is written atomically and skipped when it exists, so a killed build
 rerun with the same arguments completes only what is missing; the manifest is
@@ -22,6 +25,7 @@ import json
 import multiprocessing as mp
 import os
 import re
+import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
@@ -31,13 +35,14 @@ import numpy as np
 
 from . import __version__
 from .backgrounds import MeanBackground, only_bg_t, resize_crop
-from .io import read_json, write_json, write_npy, write_png
+from .io import atomic_write_bytes, read_json, write_json, write_npy, write_png
 from .layout import MANIFEST, MASK_DIR, SPLIT, class_dirname, safe_join, sanitize_name
 from .sample import BadSample, Sample, check_mask_usable
 from .sources import DEFAULT_SPURIOUS_FAMILIES, Source, SpuriousSource, create_source
 from .variants import IN9_VARIANTS, Variant, plan_pairing, render_variants, resolve_variants
 
 PARTIAL = ".bgbias-build.json"   # marks an unfinished build (config to compare on resume); removed at the end
+CACHE = ".bgbias-cache"          # raw originals + Only-BG-T per chunk, for the mixed pass; removed at the end
 EXECUTORS = ("local", "ray")
 
 
@@ -152,7 +157,7 @@ def _sample_task(task: dict) -> list[dict]:
     cfg, variants = _STATE["config"], _STATE["variants"]
     plain = [v for v in variants if v.pairing is None]
     need_tiles = any(v.pairing for v in variants)
-    records = []
+    records, blobs, offset = [], [], 0
     for i in task["chunk"]:
         paths = {v.name: _path(v.dirname, i) for v in plain}
         mpath = _path(MASK_DIR, i, ".npy")
@@ -163,8 +168,8 @@ def _sample_task(task: dict) -> list[dict]:
             s = _prepared(i)
             todo = [v for v in plain if not paths[v.name].exists()]
             images = render_variants(s, todo, cfg.seed)
-            if need_tiles and "only_bg_t" not in images:
-                only_bg_t(s.image, s.object_boxes())          # a partner must have an Only-BG-T background
+            if need_tiles:                                    # a partner must have an Only-BG-T background
+                tiled = images["only_bg_t"] if "only_bg_t" in images else only_bg_t(s.image, s.object_boxes())
         except Exception as e:  # never crash mid-build: record and go on
             records.append(_drop(i, e))
             continue
@@ -172,8 +177,33 @@ def _sample_task(task: dict) -> list[dict]:
             write_png(paths[v.name], images[v.name], cfg.png_compression)
         if not mpath.exists():
             write_npy(mpath, s.mask.astype(np.float32))
-        records.append({"i": i})
+        rec: dict[str, Any] = {"i": i}
+        if need_tiles:
+            h, w = s.size
+            blobs += [np.ascontiguousarray(s.image).tobytes(), np.ascontiguousarray(tiled).tobytes()]
+            rec["cache"] = (task["k"], offset, h, w)
+            offset += 2 * h * w * 3
+        records.append(rec)
+    if blobs:
+        atomic_write_bytes(_cache_file(task["k"]), b"".join(blobs))
     return records
+
+
+def _cache_file(k: int) -> str:
+    return os.path.join(_STATE["out"], CACHE, f"{k:06d}.bin")
+
+
+def _cached(i: int, which: int) -> np.ndarray | None:
+    """Sample ``i``'s original (which=0) or Only-BG-T (which=1) from the chunk cache, if pass 1 left it."""
+    loc = _STATE.get("cache", {}).get(i)
+    if loc is None:
+        return None
+    k, offset, h, w = loc
+    n = h * w * 3
+    arr = np.fromfile(_cache_file(k), dtype=np.uint8, count=n, offset=offset + which * n)
+    if arr.size != n:
+        raise BadSample(f"build cache for chunk {k} is truncated")
+    return arr.reshape(h, w, 3)
 
 
 def _path(variant_dir: str, i: int, ext: str = ".png") -> Path:
@@ -195,12 +225,18 @@ def _read_png(path: Path) -> np.ndarray:
 
 def _foreground(i: int) -> Sample:
     p, mp_ = _path("original", i), _path(MASK_DIR, i, ".npy")
+    image = _cached(i, 0)
+    if image is not None:
+        return Sample(image, np.load(mp_, allow_pickle=False), _STATE["labels"][i], _STATE["ids"][i])
     if "original" in _STATE["written"] and p.exists() and mp_.exists():
         return Sample(_read_png(p), np.load(mp_, allow_pickle=False), _STATE["labels"][i], _STATE["ids"][i])
     return _prepared(i)
 
 
 def _background(j: int) -> np.ndarray:
+    cached = _cached(j, 1)
+    if cached is not None:
+        return cached
     p = _path("only_bg_t", j)
     if "only_bg_t" in _STATE["written"] and p.exists():
         return _read_png(p)
@@ -210,6 +246,7 @@ def _background(j: int) -> np.ndarray:
 
 def _mixed_task(task: dict) -> list[dict]:
     cfg = _STATE["config"]
+    _STATE["cache"] = task["cache"]
     paired = [v for v in _STATE["variants"] if v.pairing]
     records = []
     for i in task["chunk"]:
@@ -298,6 +335,7 @@ def _prepare_out(out: Path, identity: dict) -> None:
         diff = sorted(k for k in identity if previous.get(k) != identity[k])
         raise ValueError(f"Output folder {out} holds a build with a different {', '.join(diff)}; "
                          "rerun with the same arguments to resume, or choose a new folder.")
+    shutil.rmtree(out / CACHE, ignore_errors=True)
     for root, _, files in os.walk(out):
         for f in files:
             if f.startswith(".") and f.endswith(".tmp"):
@@ -363,13 +401,16 @@ def build(source: Source | str, out: str | os.PathLike, config: BuildConfig = Bu
     dropped: list[dict] = [{"id": d.get("id", d.get("path")), "reason": d["reason"], "stage": "scan"}
                            for d in source.scan_dropped]
     kept: list[int] = []
-    tasks = [{"chunk": c} for c in chunks]
+    tasks = [{"chunk": c, "k": k} for k, c in enumerate(chunks)]
+    cache: dict[int, tuple] = {}
     for recs in _progress(_map(_sample_task, tasks, state, workers, executor), len(tasks), "samples", progress):
         for r in recs:
             if "reason" in r:
                 dropped.append({k: r[k] for k in ("id", "reason", "stage")})
             else:
                 kept.append(r["i"])
+                if "cache" in r:
+                    cache[r["i"]] = r["cache"]
 
     pairing: dict[str, dict[str, str]] = {}
     partners: dict[str, dict[str, int]] = {}
@@ -382,8 +423,11 @@ def build(source: Source | str, out: str | os.PathLike, config: BuildConfig = Bu
         dropped += [{"id": sid, "reason": why, "stage": "variant", "variant": v.name} for sid, why in missing.items()]
     if partners:
         kchunks = [kept[a:a + cs] for a in range(0, len(kept), cs)]
-        tasks = [{"chunk": c, "partners": {name: {ids[i]: p[ids[i]] for i in c if ids[i] in p}
-                                           for name, p in partners.items()}} for c in kchunks]
+        tasks = []
+        for c in kchunks:
+            mine = {name: {ids[i]: p[ids[i]] for i in c if ids[i] in p} for name, p in partners.items()}
+            used = set(c).union(*(m.values() for m in mine.values()))
+            tasks.append({"chunk": c, "partners": mine, "cache": {i: cache[i] for i in used if i in cache}})
         for recs in _progress(_map(_mixed_task, tasks, state, workers, executor), len(tasks), "mixed", progress):
             for r in recs:
                 dropped.append({k: r[k] for k in ("id", "reason", "stage", "variant")})
@@ -391,6 +435,7 @@ def build(source: Source | str, out: str | os.PathLike, config: BuildConfig = Bu
                     pairing[name].pop(r["id"], None)
 
     manifest = _manifest(identity, variants, kept, ids, labels, class_dirs, classes, pairing, dropped)
+    shutil.rmtree(out / CACHE, ignore_errors=True)
     write_json(out / MANIFEST, manifest)
     (out / PARTIAL).unlink(missing_ok=True)
     return manifest

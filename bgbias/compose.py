@@ -12,17 +12,27 @@ import torch
 
 
 def _as_mask(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """``[..., H, W]`` or ``[..., 1, H, W]`` mask -> broadcastable ``[..., 1, H, W]`` float."""
+    """``[..., H, W]`` or ``[..., 1, H, W]`` mask -> broadcastable ``[..., 1, H, W]`` (float or bool)."""
     if mask.ndim == like.ndim - 1:
         mask = mask.unsqueeze(-3)
     if mask.ndim != like.ndim or mask.shape[-2:] != like.shape[-2:]:
         raise ValueError(
             f"Mask shape {tuple(mask.shape)} does not fit image shape {tuple(like.shape)}; "
             "expected [..., H, W] or [..., 1, H, W] with the same H, W.")
-    if mask.dtype == torch.bool:
-        mask = mask.float()
-    elif not mask.is_floating_point():
+    if mask.dtype != torch.bool and not mask.is_floating_point():
         raise TypeError(f"Mask must be float in [0, 1] or bool, got {mask.dtype}.")
+    return mask
+
+
+def _fit_layout(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Repeat the mask over the channels, channels-last, when ``like`` is channels-last (HxWx3 arrays viewed
+    as CxHxW): broadcasting a mask over an innermost channel axis of 3 runs several times slower than plain
+    elementwise ops on equal layouts. Leading (batch) dims stay as they are, so one mask still broadcasts
+    over a batch for free."""
+    if like.ndim == 4 and like.stride(-3) == 1 and like.shape[-3] > 1:
+        lead = (mask.shape[0],) if mask.ndim == 4 else ()
+        full = mask.expand(*lead, like.shape[-3], *like.shape[-2:])
+        return full.contiguous(memory_format=torch.channels_last) if full.ndim == 4 else full
     return mask
 
 
@@ -33,6 +43,8 @@ def compose(fg: torch.Tensor, bg: torch.Tensor, mask: torch.Tensor) -> torch.Ten
         dims broadcast, so one foreground against K backgrounds is ``fg[None]`` vs ``bg``.
     mask: ``[..., H, W]`` or ``[..., 1, H, W]`` float in [0, 1] (soft masks blend) or bool.
     Returns a new tensor of fg's dtype; uint8 results are rounded to nearest.
+    uint8 images with a bool mask take an integer path that gives the same
+    bytes as the float blend of a 0/1 mask, several times faster.
     """
     if fg.ndim < 3 or bg.ndim < 3:
         raise ValueError(f"Expected images of shape [..., C, H, W], got {tuple(fg.shape)} and {tuple(bg.shape)}.")
@@ -40,17 +52,44 @@ def compose(fg: torch.Tensor, bg: torch.Tensor, mask: torch.Tensor) -> torch.Ten
         raise TypeError(f"fg and bg must share a dtype, got {fg.dtype} and {bg.dtype}.")
     m = _as_mask(mask, fg)
     if fg.dtype == torch.uint8:
+        if m.dtype == torch.bool:
+            mu = _fit_layout(m.to(torch.uint8), fg)
+            return fg * mu + bg * (1 - mu)        # exactly fg where 1, bg where 0
         m = m.to(torch.float32)
-        out = torch.lerp(bg.to(torch.float32), fg.to(torch.float32), m)
-        return out.round_().clamp_(0, 255).to(torch.uint8)
+        box = _support_box(m) if m.device.type == "cpu" else None
+        if box is None:
+            return _blend_u8(fg, bg, m)
+        # Outside the mask's box every pixel is bg: blend only inside it (objects are a fraction of the frame)
+        sl = (..., slice(box[0], box[1]), slice(box[2], box[3]))
+        shape = torch.broadcast_shapes(fg.shape, bg.shape, m.shape[:-3] + (1,) + m.shape[-2:])
+        out = bg.clone() if bg.shape == shape else bg.expand(shape).clone(memory_format=torch.contiguous_format)
+        out[sl] = _blend_u8(fg[sl], bg[sl], m[sl])
+        return out
     m = m.to(fg.dtype)
     # bg + m * (fg - bg) == m*fg + (1-m)*bg, exact at m in {0, 1}
     return torch.where(m == 1, fg, torch.where(m == 0, bg, bg + m * (fg - bg)))
 
 
+def _blend_u8(fg: torch.Tensor, bg: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    out = torch.lerp(bg.to(torch.float32), fg.to(torch.float32), _fit_layout(m, fg))
+    return out.round_().clamp_(0, 255).to(torch.uint8)
+
+
+def _support_box(m: torch.Tensor) -> tuple[int, int, int, int] | None:
+    """(y0, y1, x0, x1) holding every nonzero of the (batched) mask, or None when cropping would not pay."""
+    h, w = m.shape[-2:]
+    nz = (m != 0).reshape(-1, h, w).any(0)
+    rows, cols = nz.any(1).nonzero(), nz.any(0).nonzero()
+    if rows.numel() == 0:
+        return 0, 0, 0, 0
+    y0, y1, x0, x1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+    return None if (y1 - y0) * (x1 - x0) > 0.6 * h * w else (y0, y1, x0, x1)
+
+
 def compose_np(fg: np.ndarray, bg: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """HxWx3 uint8 convenience wrapper around :func:`compose` for single images."""
-    t = compose(_tensor(fg).permute(2, 0, 1), _tensor(bg).permute(2, 0, 1), _tensor(mask, np.float32))
+    m = _tensor(mask) if mask.dtype == bool else _tensor(mask, np.float32)
+    t = compose(_tensor(fg).permute(2, 0, 1), _tensor(bg).permute(2, 0, 1), m)
     return t.permute(1, 2, 0).contiguous().numpy()
 
 

@@ -25,7 +25,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .backgrounds import TEXTURES, Background, box_mask, create_background, only_bg_t, resize_crop
+from .backgrounds import TEXTURES, Background, box_mask, create_background, resize_crop, tile_strip
 from .compose import compose
 from .layout import sanitize_name
 from .registry import Registry, Spec, natural_key
@@ -71,7 +71,7 @@ class Variant:
             boxes = sample.object_boxes()
             if not boxes:
                 raise BadSample("no object box and no foreground to derive one from")
-            fg = np.zeros_like(img) if self.recipe == "box_black" else only_bg_t(img, boxes)
+            fg = np.zeros_like(img) if self.recipe == "box_black" else tile_strip(img, boxes)
             return fg, img, box_mask(size, boxes)
         if sample.mask is None:
             raise BadSample(f"variant {self.name} needs a foreground mask; the sample has none")
@@ -99,21 +99,33 @@ class Variant:
 
 def render_variants(sample: Sample, variants: Sequence[Variant], seed: int = 0,
                     partner_bgs: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
-    """All ``variants`` of one sample with a single batched :func:`compose` call -> {name: uint8 HxWx3}."""
+    """All ``variants`` of one sample -> {name: uint8 HxWx3}, batched into one :func:`compose` call per mask
+    kind (hard masks, such as boxes, take the kernel's fast integer path; soft ones blend)."""
     out: dict[str, np.ndarray] = {}
-    names, fgs, bgs, masks = [], [], [], []
+    if not sample.boxes and sample.mask is not None and any(v.recipe.startswith("box_") for v in variants):
+        # the mask's box, found once for all box variants
+        sample = sample.with_(boxes=sample.object_boxes())
+    groups: dict[bool, list] = {True: [], False: []}
+    hard_cache: dict[int, bool] = {}
     for v in variants:
         lay = v.layers(sample, seed, (partner_bgs or {}).get(v.name))
         if lay is None:
             out[v.name] = sample.image
             continue
-        names.append(v.name)
-        fgs.append(lay[0]); bgs.append(lay[1]); masks.append(lay[2])
-    if names:
+        m = lay[2]
+        if id(m) not in hard_cache:
+            hard_cache[id(m)] = m.dtype == bool or not np.any((m != 0) & (m != 1))
+        groups[hard_cache[id(m)]].append((v.name, *lay))
+    for hard, items in groups.items():
+        if not items:
+            continue
         to_t = lambda arrs: torch.from_numpy(np.stack(arrs)).permute(0, 3, 1, 2)  # noqa: E731
-        res = compose(to_t(fgs), to_t(bgs), torch.from_numpy(np.stack(masks).astype(np.float32, copy=False)))
+        same = all(it[3] is items[0][3] or np.array_equal(it[3], items[0][3]) for it in items)  # broadcasts for free
+        masks = items[0][3][None] if same else np.stack([it[3] for it in items])
+        masks = masks.astype(bool) if hard else masks.astype(np.float32, copy=False)
+        res = compose(to_t([it[1] for it in items]), to_t([it[2] for it in items]), torch.from_numpy(masks))
         res = res.permute(0, 2, 3, 1).contiguous().numpy()
-        out.update({n: res[k] for k, n in enumerate(names)})
+        out.update({it[0]: res[k] for k, it in enumerate(items)})
     return {v.name: out[v.name] for v in variants}
 
 

@@ -94,6 +94,17 @@ def test_workers_give_byte_identical_output(built, tmp_path, digits_source):
     assert _tree(tmp_path / "w2") == _tree(out)
 
 
+def test_ray_executor_gives_byte_identical_output(built, tmp_path, digits_source):
+    """Runs where the optional extra is installed (pip install 'bgbias[ray]'); a local Ray cluster of 2."""
+    ray = pytest.importorskip("ray")
+    out, _, cfg = built
+    try:
+        build(digits_source, tmp_path / "ray", cfg, workers=2, executor="ray", progress=False)
+    finally:
+        ray.shutdown()
+    assert _tree(tmp_path / "ray") == _tree(out)
+
+
 def test_resume_completes_only_missing_files_byte_identically(built, tmp_path, digits_source):
     out, _, cfg = built
     part = tmp_path / "part"

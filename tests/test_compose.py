@@ -90,3 +90,27 @@ def test_compose_np_matches_torch_kernel():
     out = compose_np(fg, bg, m)
     ref = compose(torch.from_numpy(fg).permute(2, 0, 1), torch.from_numpy(bg).permute(2, 0, 1), torch.from_numpy(m))
     assert out.dtype == np.uint8 and np.array_equal(out, ref.permute(1, 2, 0).numpy())
+
+
+def test_uint8_fast_paths_give_the_bytes_of_the_plain_float_blend():
+    """Bool masks (integer path) and small soft masks (blend only inside the mask's box), on HxWx3
+    arrays viewed channels-last as the build passes them, equal round(lerp) over the whole frame."""
+    g = np.random.default_rng(0)
+    fg = g.integers(0, 256, (2, 40, 50, 3), dtype=np.uint8)
+    bg = g.integers(0, 256, (2, 40, 50, 3), dtype=np.uint8)
+    soft = np.zeros((2, 40, 50), np.float32)
+    soft[:, 10:20, 12:30] = g.random((2, 10, 18), dtype=np.float32)   # support well under 60% of the frame
+    soft[0, 12, 14] = 1.0
+    t = lambda a: torch.from_numpy(a).permute(0, 3, 1, 2)  # noqa: E731
+
+    def reference(m):
+        out = torch.lerp(t(bg).float(), t(fg).float(), torch.from_numpy(m)[:, None])
+        return out.round_().clamp_(0, 255).to(torch.uint8)
+
+    assert torch.equal(compose(t(fg), t(bg), torch.from_numpy(soft)), reference(soft))
+    hard = soft > 0.5
+    assert torch.equal(compose(t(fg), t(bg), torch.from_numpy(hard)), reference(hard.astype(np.float32)))
+    one = compose(t(fg), t(bg), torch.from_numpy(soft[:1]))      # one mask broadcast over the batch
+    assert torch.equal(one, reference(np.repeat(soft[:1], 2, axis=0)))
+    empty = compose(t(fg), t(bg), torch.zeros(2, 40, 50))
+    assert torch.equal(empty, t(bg))
