@@ -24,7 +24,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-IN9 = ("original", "only_bg_b", "only_bg_t", "no_fg", "only_fg", "mixed_same", "mixed_rand", "mixed_next")
+from bgbias.layout import IN9_VARIANTS as IN9
 
 
 def make_images(root: Path, n: int, h: int = 256, w: int = 320, classes: int = 9) -> tuple[Path, Path]:

@@ -6,14 +6,14 @@ Each family is a :class:`Background` created from a spec such as
 returns float32 ``[n, 3, H, W]`` in [0, 1] for any size, drawing every random
 choice from the given ``torch.Generator`` (same generator state -> same pixels).
 ``only_bg_t`` is the IN-9 Only-BG-T fill (tile the largest strip outside the box).
+The texture patterns themselves (stripes, board, ...) are in :mod:`bgbias.textures`.
 Another sample's background (Mixed-*) is a pairing, planned in ``variants``/``build``.
 """
 from __future__ import annotations
 
-import math
 from collections import OrderedDict
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Iterable
 
 import cv2
 import numpy as np
@@ -21,6 +21,7 @@ import torch
 
 from .registry import Registry
 from .sample import BadSample, Box, Sample
+from .textures import TEXTURES, uniform
 
 BACKGROUNDS: Registry["Background"] = Registry("background")
 
@@ -128,10 +129,6 @@ class Background:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r})"
-
-
-def _uniform(gen: torch.Generator | None, *shape: int) -> torch.Tensor:
-    return torch.rand(shape, generator=gen, dtype=torch.float32)
 
 
 def _check_size(size: tuple[int, int]) -> tuple[int, int]:
@@ -251,85 +248,7 @@ class TiledBackground(Background):
         return resize_crop(out, size) if size is not None else out
 
 
-# ---------------------------------------------------------------- textures
-
-TextureFn = Callable[[torch.Generator | None, int, int, int, float], torch.Tensor]
-TEXTURES: dict[str, tuple[TextureFn, float, type]] = {}
-
-
-def register_texture(name: str, default: float, kind: type = int) -> Callable[[TextureFn], TextureFn]:
-    """Register ``fn(gen, n, h, w, param) -> pattern [n, H, W] in [0, 1]``; one registration adds a texture."""
-
-    def deco(fn: TextureFn) -> TextureFn:
-        if name in TEXTURES:
-            raise ValueError(f"texture {name!r} is already registered.")
-        TEXTURES[name] = (fn, default, kind)
-        return fn
-
-    return deco
-
-
-def _grid(h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
-    ys = torch.arange(h, dtype=torch.float32).view(1, h, 1) + 0.5
-    xs = torch.arange(w, dtype=torch.float32).view(1, 1, w) + 0.5
-    return ys, xs
-
-
-@register_texture("stripes", 8)
-def _stripes(gen, n, h, w, period):
-    """Parallel stripes of ``period`` pixels at a random angle and phase."""
-    ys, xs = _grid(h, w)
-    ang = _uniform(gen, n, 1, 1) * math.pi
-    phase = _uniform(gen, n, 1, 1) * period
-    t = xs * torch.cos(ang) + ys * torch.sin(ang) + phase
-    return (torch.remainder(t, period) < period / 2).float()
-
-
-@register_texture("board", 8)
-def _board(gen, n, h, w, cell):
-    """Checkerboard of ``cell``-pixel squares with a random offset."""
-    ys, xs = _grid(h, w)
-    oy, ox = (_uniform(gen, 2, n, 1, 1) * 2 * cell).unbind(0)
-    return torch.remainder(torch.floor((ys + oy) / cell) + torch.floor((xs + ox) / cell), 2)
-
-
-@register_texture("border", 4)
-def _border(gen, n, h, w, width):
-    """A frame ``width`` pixels wide along the image edges (colours are the random part)."""
-    ys, xs = _grid(h, w)
-    d = torch.minimum(torch.minimum(ys, h - ys), torch.minimum(xs, w - xs))
-    return (d < width).float().expand(n, h, w).contiguous()
-
-
-@register_texture("circles", 8)
-def _circles(gen, n, h, w, spacing):
-    """Concentric rings ``spacing`` pixels apart around a random centre."""
-    ys, xs = _grid(h, w)
-    cy, cx = _uniform(gen, n, 1, 1) * h, _uniform(gen, n, 1, 1) * w
-    r = torch.sqrt((ys - cy) ** 2 + (xs - cx) ** 2)
-    return (torch.remainder(r, spacing) < spacing / 2).float()
-
-
-@register_texture("clock", 12)
-def _clock(gen, n, h, w, spokes):
-    """``spokes`` radial lines (clock hands) from a random centre at a random rotation."""
-    ys, xs = _grid(h, w)
-    cy = (0.25 + 0.5 * _uniform(gen, n, 1, 1)) * h
-    cx = (0.25 + 0.5 * _uniform(gen, n, 1, 1)) * w
-    rot = _uniform(gen, n, 1, 1) * (2 * math.pi / spokes)
-    dy, dx = ys - cy, xs - cx
-    r = torch.sqrt(dy ** 2 + dx ** 2)
-    step = 2 * math.pi / spokes
-    delta = torch.remainder(torch.atan2(dy, dx) - rot + step / 2, step) - step / 2
-    half = max(0.75, min(h, w) / 48)
-    return ((r * torch.sin(delta).abs() < half) & (torch.cos(delta) > 0)).float()
-
-
-@register_texture("noise", 0.1, float)
-def _noise(gen, n, h, w, p):
-    """Bernoulli noise: each pixel takes the second colour with probability ``p``."""
-    return (_uniform(gen, n, h, w) < p).float()
-
+# ---------------------------------------------------------------- textures (the patterns are in textures.py)
 
 class Texture(Background):
     """A two-colour pattern; the pattern's geometry and both colours are drawn per image.
@@ -356,8 +275,8 @@ class Texture(Background):
     def render(self, n, size, generator=None, device="cpu"):
         h, w = _check_size(size)
         pattern = self.fn(generator, n, h, w, self.param)                       # [n, H, W]
-        c0 = _uniform(generator, n, 3, 1, 1)
-        c1 = torch.remainder(c0 + 0.5 + (_uniform(generator, n, 3, 1, 1) - 0.5) * 0.3, 1.0)
+        c0 = uniform(generator, n, 3, 1, 1)
+        c1 = torch.remainder(c0 + 0.5 + (uniform(generator, n, 3, 1, 1) - 0.5) * 0.3, 1.0)
         out = c0 + pattern.unsqueeze(1) * (c1 - c0)
         return out.to(device=device, dtype=torch.float32)
 

@@ -20,22 +20,21 @@ written last. Memory is bounded by one chunk per worker.
 """
 from __future__ import annotations
 
-import importlib.util
 import json
-import multiprocessing as mp
 import os
 import re
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import cv2
 import numpy as np
 
 from . import __version__
 from .backgrounds import MeanBackground, only_bg_t, resize_crop
-from .io import atomic_write_bytes, read_json, write_json, write_npy, write_png
+from .executors import check_executor, map_ordered, progress as progress_bar
+from .io import read_json, write_json, write_npy, write_png
 from .layout import MANIFEST, MASK_DIR, SPLIT, class_dirname, safe_join, sanitize_name
 from .sample import BadSample, Sample, check_mask_usable
 from .sources import DEFAULT_SPURIOUS_FAMILIES, Source, SpuriousSource, create_source
@@ -43,7 +42,6 @@ from .variants import IN9_VARIANTS, Variant, plan_pairing, render_variants, reso
 
 PARTIAL = ".bgbias-build.json"   # marks an unfinished build (config to compare on resume); removed at the end
 CACHE = ".bgbias-cache"          # raw originals + Only-BG-T per chunk, for the mixed pass; removed at the end
-EXECUTORS = ("local", "ray")
 
 
 @dataclass(frozen=True)
@@ -157,7 +155,7 @@ def _sample_task(task: dict) -> list[dict]:
     cfg, variants = _STATE["config"], _STATE["variants"]
     plain = [v for v in variants if v.pairing is None]
     need_tiles = any(v.pairing for v in variants)
-    records, blobs, offset = [], [], 0
+    records, offset, cache = [], 0, None
     for i in task["chunk"]:
         paths = {v.name: _path(v.dirname, i) for v in plain}
         mpath = _path(MASK_DIR, i, ".npy")
@@ -180,12 +178,17 @@ def _sample_task(task: dict) -> list[dict]:
         rec: dict[str, Any] = {"i": i}
         if need_tiles:
             h, w = s.size
-            blobs += [np.ascontiguousarray(s.image).tobytes(), np.ascontiguousarray(tiled).tobytes()]
+            if cache is None:      # streamed to a temp file, renamed when the chunk is done
+                os.makedirs(os.path.join(_STATE["out"], CACHE), exist_ok=True)
+                cache = open(_cache_file(task["k"]) + f".{os.getpid()}.tmp", "wb")
+            cache.write(np.ascontiguousarray(s.image).data)
+            cache.write(np.ascontiguousarray(tiled).data)
             rec["cache"] = (task["k"], offset, h, w)
             offset += 2 * h * w * 3
         records.append(rec)
-    if blobs:
-        atomic_write_bytes(_cache_file(task["k"]), b"".join(blobs))
+    if cache is not None:
+        cache.close()
+        os.replace(cache.name, _cache_file(task["k"]))
     return records
 
 
@@ -271,48 +274,9 @@ def _mixed_task(task: dict) -> list[dict]:
     return records
 
 
-# ---------------------------------------------------------------- executors
-
 def _map(fn: Callable, tasks: list, state: dict, workers: int, executor: str) -> Iterator:
-    """Results of ``fn`` over ``tasks`` in task order, in-process, on a local pool, or on Ray."""
-    if executor not in EXECUTORS:
-        raise ValueError(f"Unknown executor {executor!r}; valid: {', '.join(EXECUTORS)}.")
-    if executor == "ray":
-        try:
-            from ray.util.multiprocessing import Pool as RayPool
-        except ImportError:
-            raise ValueError("--executor ray needs Ray; install it with: pip install 'bgbias[ray]'.") from None
-        with RayPool(processes=max(1, workers), initializer=_init_worker, initargs=(state,)) as pool:
-            yield from pool.imap(fn, tasks)
-        return
-    if workers <= 1 or len(tasks) <= 1:
-        import torch
-
-        threads, cv_threads = torch.get_num_threads(), cv2.getNumThreads()
-        _init_worker(state)
-        try:
-            yield from map(fn, tasks)
-        finally:
-            torch.set_num_threads(threads)
-            cv2.setNumThreads(cv_threads)
-        return
-    from concurrent.futures import ProcessPoolExecutor
-
-    ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload(["bgbias.build"])
-    pool = ProcessPoolExecutor(min(workers, len(tasks)), mp_context=ctx, initializer=_init_worker, initargs=(state,))
-    try:
-        yield from pool.map(fn, tasks)
-    finally:  # on Ctrl-C or an error, drop queued chunks instead of finishing them
-        pool.shutdown(wait=True, cancel_futures=True)
-
-
-def _progress(it: Iterable, total: int, desc: str, enabled: bool) -> Iterable:
-    if not enabled:
-        return it
-    from tqdm.auto import tqdm
-
-    return tqdm(it, total=total, desc=desc, unit="chunk", leave=False)
+    return map_ordered(fn, tasks, initializer=_init_worker, initargs=(state,), workers=workers,
+                       executor=executor, preload="bgbias.build")
 
 
 # ---------------------------------------------------------------- the library call
@@ -356,10 +320,7 @@ def build(source: Source | str, out: str | os.PathLike, config: BuildConfig = Bu
     Output bytes depend only on the source and ``config``; ``workers`` and
     ``executor`` only change the speed. Reruns skip files that exist.
     """
-    if executor not in EXECUTORS:
-        raise ValueError(f"Unknown executor {executor!r}; valid: {', '.join(EXECUTORS)}.")
-    if executor == "ray" and importlib.util.find_spec("ray") is None:
-        raise ValueError("--executor ray needs Ray; install it with: pip install 'bgbias[ray]'.")
+    check_executor(executor)
     source = create_source(source) if isinstance(source, str) else source
     if config.spurious is not None:
         source = SpuriousSource(source, config.spurious, config.spurious_families, config.seed)
@@ -390,7 +351,7 @@ def build(source: Source | str, out: str | os.PathLike, config: BuildConfig = Bu
         if state["fit_size"] is None:
             state["fit_size"] = _first_size(source, config)
         bg = MeanBackground(True, state["fit_size"])
-        for res in _progress(_map(_fit_task, chunks, state, workers, executor), len(chunks), "fit mean", progress):
+        for res in progress_bar(_map(_fit_task, chunks, state, workers, executor), len(chunks), "fit mean", progress):
             bg.add_sums(res["sums"])
         if bg.mean_image is None:
             raise ValueError(f"No usable sample in {source.spec!r} to fit the mean background on.")
@@ -403,7 +364,7 @@ def build(source: Source | str, out: str | os.PathLike, config: BuildConfig = Bu
     kept: list[int] = []
     tasks = [{"chunk": c, "k": k} for k, c in enumerate(chunks)]
     cache: dict[int, tuple] = {}
-    for recs in _progress(_map(_sample_task, tasks, state, workers, executor), len(tasks), "samples", progress):
+    for recs in progress_bar(_map(_sample_task, tasks, state, workers, executor), len(tasks), "samples", progress):
         for r in recs:
             if "reason" in r:
                 dropped.append({k: r[k] for k in ("id", "reason", "stage")})
@@ -428,7 +389,7 @@ def build(source: Source | str, out: str | os.PathLike, config: BuildConfig = Bu
             mine = {name: {ids[i]: p[ids[i]] for i in c if ids[i] in p} for name, p in partners.items()}
             used = set(c).union(*(m.values() for m in mine.values()))
             tasks.append({"chunk": c, "partners": mine, "cache": {i: cache[i] for i in used if i in cache}})
-        for recs in _progress(_map(_mixed_task, tasks, state, workers, executor), len(tasks), "mixed", progress):
+        for recs in progress_bar(_map(_mixed_task, tasks, state, workers, executor), len(tasks), "mixed", progress):
             for r in recs:
                 dropped.append({k: r[k] for k in ("id", "reason", "stage", "variant")})
                 for name in r["variant"].split(","):

@@ -35,13 +35,11 @@ backgrounds per class are measured afterwards on one fixed, seeded subset of
 foregrounds (``fool_subset``) so rates are comparable across backgrounds.
 Progress is saved atomically to ``STATE`` (default ``OUT.state``) every
 ``save_every`` foregrounds or ``save_seconds``; rerunning the same command
-resumes and gives the identical result; the file is removed when done.
+resumes and gives the identical result; the file is removed when done
+(the state and its checks live in :mod:`bgbias.challenge_state`).
 """
 from __future__ import annotations
 
-import hashlib
-import io
-import json
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -53,14 +51,12 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from .challenge_state import FOOLED, ROBUST, SKIPPED, UNKNOWN, fingerprint, save_state, start_state, state_file
 from .compose import compose
 from .evaluate import Audit, ForegroundFiles, ImageFiles, collate_by_size, foreground_items, open_audit
-from .io import atomic_write_bytes
 from .layout import list_items
 from .models import LoadedModel
 from .seeding import numpy_rng
-
-UNKNOWN, ROBUST, FOOLED, SKIPPED = -1, 0, 1, -2
 
 
 @dataclass(frozen=True)
@@ -152,40 +148,6 @@ def _prep_fg(audit: Audit, img: torch.Tensor, mask: torch.Tensor, shape) -> tupl
         raise ValueError(f"A foreground is {x.shape[-1]}x{x.shape[-2]} but the backgrounds are {shape[1]}x{shape[0]}; "
                          "pass --size H W so both are resized to the model input.")
     return x, m[0]
-
-
-def _fingerprint(cfg: ChallengeConfig, fg_ids: list[str], bg_ids: list[str]) -> str:
-    """What a state file must match to be resumed: result-deciding settings, model file, data ids."""
-    keep = {k: v for k, v in asdict(cfg).items()
-            if k not in ("batch_size", "workers", "device", "save_every", "save_seconds", "state", "progress",
-                         "pool_bytes", "top_k", "top_candidates", "fool_subset")}
-    files = []
-    for f in (cfg.weights, cfg.model.partition(":")[2]):
-        if f and os.path.isfile(f):
-            st = os.stat(f)
-            files.append([st.st_size, int(st.st_mtime)])
-    blob = json.dumps([keep, files, fg_ids, bg_ids], sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()
-
-
-def _save_state(path: Path, state: dict[str, Any]) -> None:
-    buf = io.BytesIO()
-    torch.save({k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in state.items()}, buf)
-    atomic_write_bytes(path, buf.getvalue())
-
-
-def _load_state(path: Path, fingerprint: str) -> dict[str, Any] | None:
-    if not path.is_file():
-        return None
-    try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any damage means "start over" is wrong; say so
-        raise ValueError(f"Challenge state file {path} is damaged ({type(e).__name__}); delete it to start over.") \
-            from None
-    if raw.get("fingerprint") != fingerprint:
-        raise ValueError(f"Challenge state file {path} belongs to a different model, data or settings; "
-                         "delete it (or pass another --state) to start over.")
-    return {k: v.numpy() if torch.is_tensor(v) else v for k, v in raw.items()}
 
 
 class Search:
@@ -339,8 +301,7 @@ def run_challenge(cfg: ChallengeConfig, out: str | os.PathLike | None = None, lo
                     ("save_every", cfg.save_every)):
         if v < 1:
             raise ValueError(f"{name} must be >= 1, got {v}.")
-    audit = open_audit(cfg.model, data, cfg.weights, cfg.label_map, cfg.preprocess, cfg.mean, cfg.std, cfg.size,
-                       cfg.device, cfg.trust, loaded)
+    audit = open_audit(cfg, loaded)
     fg_items, masks = foreground_items(data)
     try:
         bg_items = list_items(data, "only_bg_t")
@@ -361,18 +322,9 @@ def run_challenge(cfg: ChallengeConfig, out: str | os.PathLike | None = None, lo
     bg_labels = np.array([bg_items[i].label for i in pool.index], dtype=np.int64)
     fg_labels = np.array([it.label for it in fg_items], dtype=np.int64)
     n_fg, n_bg = len(fg_items), len(pool)
-    state_path = Path(cfg.state) if cfg.state else (Path(str(out) + ".state") if out else None)
-    fp = _fingerprint(cfg, [f"{it.label}/{it.id}" for it in fg_items], bg_ids)
-    s = _load_state(state_path, fp) if state_path else None
-    if s is None:
-        s = {"fingerprint": fp, "verdict": np.full(n_fg, UNKNOWN, np.int8), "fool_bg": np.full(n_fg, -1, np.int64),
-             "fool_pred": np.full(n_fg, -3, np.int64), "fool_conf": np.zeros(n_fg, np.float32),
-             "clean_pred": np.full(n_fg, -3, np.int64), "count": np.zeros((len(audit.classes), n_bg), np.int64),
-             "active": [], "tried": np.zeros((0, n_bg), dtype=bool), "next_fg": 0, "forwards": 0,
-             "clean_forwards": 0, "skipped": [], "rounds": 0,
-             "shuffle": numpy_rng(cfg.seed, "challenge-order").permutation(n_bg)}
-    s["skipped"] = list(s["skipped"])
-    s["active"] = [int(a) for a in s["active"]]
+    state_path = state_file(cfg.state, out)
+    fp = fingerprint(cfg, [f"{it.label}/{it.id}" for it in fg_items], bg_ids)
+    s = start_state(state_path, fp, n_fg, len(audit.classes), n_bg, cfg.seed)
     fgs = ForegroundFiles(fg_items, masks)
     search = Search(audit, pool, fg_labels, bg_labels, cfg, s)
     it = _iterate(fgs, s["active"] + list(range(s["next_fg"], n_fg)), cfg.workers)
@@ -393,7 +345,7 @@ def run_challenge(cfg: ChallengeConfig, out: str | os.PathLike | None = None, lo
             bar.update(done)
             due = since >= cfg.save_every or time.time() - saved_at >= cfg.save_seconds
             if state_path and due and (s["active"] or s["next_fg"] < n_fg):
-                _save_state(state_path, s)
+                save_state(state_path, s)
                 since, saved_at = 0, time.time()
                 if on_save:
                     on_save({"done": int((s["verdict"] != UNKNOWN).sum()), "forwards": s["forwards"]})

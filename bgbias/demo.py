@@ -30,9 +30,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .seeding import numpy_rng
-from .sources import Source, create_source
+from .sources import SubsetSource, create_source
+from .variants import IN9_VARIANTS
 
-IN9 = ("original", "only_bg_b", "only_bg_t", "no_fg", "only_fg", "mixed_same", "mixed_rand", "mixed_next")
 EXTRA_VARIANTS = ("color:red", "color:blue", "color:#808080", "texture:stripes", "texture:board", "texture:noise")
 MITIGATIONS = ("mixed-rand", "bg-augment")
 
@@ -53,7 +53,7 @@ class DemoConfig:
     epochs: int = 6
     batch_size: int = 64
     lr: float = 1e-3
-    variants: tuple[str, ...] = IN9 + EXTRA_VARIANTS
+    variants: tuple[str, ...] = IN9_VARIANTS + EXTRA_VARIANTS
     challenge_backgrounds: int | None = 60    # pool size for the challenge (None: every Only-BG-T image)
     fool_subset: int = 100                    # foregrounds on which fool rates of top backgrounds are measured
     saliency_images: int = 60
@@ -82,25 +82,6 @@ class DemoConfig:
         return self
 
 
-class SubsetSource(Source):
-    """The samples ``indices`` of ``base`` (ids, labels and classes kept), for disjoint train/test builds."""
-
-    def __init__(self, base: Source, indices: Sequence[int], name: str):
-        super().__init__()
-        self.base, self.indices, self.name = base, [int(i) for i in indices], name
-        ids, labels = base.ids(), base.labels()
-        self.spec = f"{base.spec} ({name})"
-        self.classes = list(base.classes)
-        self._ids = [ids[i] for i in self.indices]
-        self._labels = [labels[i] for i in self.indices]
-
-    def load(self, i: int):
-        return self.base.load(self.indices[i])
-
-    def describe(self) -> dict:
-        return {**self.base.describe(), "spec": self.spec, "subset": self.name, "n": len(self)}
-
-
 def split_indices(labels: Sequence[int], n_train: int, n_test: int, seed: int) -> tuple[list[int], list[int]]:
     """Disjoint, sorted train/test indices from a seeded permutation (test first, so it is stable under n_train)."""
     perm = numpy_rng(seed, "demo-split").permutation(len(labels))
@@ -116,7 +97,11 @@ def build_key(cfg: DemoConfig) -> str:
     from .layout import sanitize_name
     from .seeding import derive_seed
 
-    parts = (cfg.data, cfg.seed, cfg.rho, cfg.n_train, cfg.n_test, cfg.variants, cfg.mitigation)
+    from . import __version__
+
+    # the version (and a format tag bumped when the builds' source description changes) is part of the key:
+    # build() refuses a folder holding a build made differently, and the demo should rebuild, not fail
+    parts = (cfg.data, cfg.seed, cfg.rho, cfg.n_train, cfg.n_test, cfg.variants, cfg.mitigation, __version__, 2)
     return f"{sanitize_name(cfg.data)}-seed{cfg.seed}-{derive_seed(0, *parts) % 16 ** 8:08x}"
 
 
@@ -163,12 +148,12 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict[str, Any]:
     stages.start("build_train", f"building the training set: {len(train_idx)} images of {cfg.data} on "
                                 f"class-correlated backgrounds (rho={cfg.rho:g})")
     train_variants = ("original", "mixed_rand") if cfg.mitigation == "mixed-rand" else ("original",)
-    build(SubsetSource(base, train_idx, "train"), data_root / "train",
+    build(SubsetSource(base, train_idx), data_root / "train",
           BuildConfig(variants=train_variants, seed=cfg.seed, spurious=cfg.rho), workers=cfg.workers,
           progress=progress)
     stages.start("build_test", f"building the test set: {len(test_idx)} images x {len(cfg.variants)} variants")
     test_dir = data_root / "test"
-    build(SubsetSource(base, test_idx, "test"), test_dir,
+    build(SubsetSource(base, test_idx), test_dir,
           BuildConfig(variants=tuple(cfg.variants), seed=cfg.seed, spurious=cfg.rho), workers=cfg.workers,
           progress=progress)
 

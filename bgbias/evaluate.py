@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -79,22 +79,37 @@ class Audit:
         return self.label_map.predict(logits), conf
 
 
-def open_audit(model: str, data: str | Path, weights=None, label_map=None, preprocess=None, mean=None, std=None,
-               size=None, device=None, trust=False, loaded: LoadedModel | None = None) -> Audit:
-    """Load the model, pick preprocessing (explicit > checkpoint meta > per-kind default) and the label map."""
-    data = Path(data)
+class AuditSettings(Protocol):
+    """The model and data fields every run config has (``EvalConfig``, ``ChallengeConfig``, ``SaliencyConfig``)."""
+
+    model: str
+    data: str
+    weights: str | None
+    label_map: str | None
+    device: str | None
+    preprocess: str | None
+    mean: tuple[float, ...] | None
+    std: tuple[float, ...] | None
+    size: tuple[int, ...] | None
+    trust: bool
+
+
+def open_audit(cfg: AuditSettings, loaded: LoadedModel | None = None) -> Audit:
+    """Check the IN-9 layout, load the model (or use ``loaded``), pick preprocessing (explicit > checkpoint
+    meta > per-kind default) and the label map: the setup eval, challenge and saliency share."""
+    data = Path(cfg.data)
     if not data.is_dir():
         raise ValueError(f"Data folder {data} does not exist; expected the IN-9 layout <variant>/val/<NN_class>/.")
     present = list_variant_dirs(data)
     if not present:
         raise ValueError(f"{data} has no variant folders (<variant>/val/<NN_class>/); is it a bgbias build output?")
     classes = list_classes(data, "original" if "original" in present else present[0])
-    lm = loaded or load_model(model, weights=weights, trust=trust)
-    default = lm.preprocess or (make_preprocess("imagenet") if model.startswith("torchvision:") else None)
-    pp = make_preprocess(preprocess, mean, std, size, default=default)
-    dev = resolve_device(device)
+    lm = loaded or load_model(cfg.model, weights=cfg.weights, trust=cfg.trust)
+    default = lm.preprocess or (make_preprocess("imagenet") if cfg.model.startswith("torchvision:") else None)
+    pp = make_preprocess(cfg.preprocess, cfg.mean, cfg.std, cfg.size, default=default)
+    dev = resolve_device(cfg.device)
     lm.to(dev)
-    return Audit(lm, pp, load_label_map(label_map), dev, classes)
+    return Audit(lm, pp, load_label_map(cfg.label_map), dev, classes)
 
 
 def chw(image: np.ndarray) -> torch.Tensor:
@@ -243,8 +258,7 @@ def evaluate(config: EvalConfig, loaded: LoadedModel | None = None) -> dict[str,
     """Run the evaluation and return the ``eval.json`` dict (see docs/ARCHITECTURE.md)."""
     t0 = time.time()
     data = Path(config.data)
-    audit = open_audit(config.model, data, config.weights, config.label_map, config.preprocess, config.mean,
-                       config.std, config.size, config.device, config.trust, loaded)
+    audit = open_audit(config, loaded)
     families = audit.model.families_seen
     variants = resolve_variants(data, config.variants)
     result: dict[str, Any] = {"kind": "bgbias-eval/1", "model": config.model, "data": str(data),

@@ -3,20 +3,19 @@
 Methods (registry ``MASK_METHODS``): ``given`` (the source's own mask), ``threshold[:VALUE]``
 (intensity, Otsu by default), ``grabcut`` (OpenCV GrabCut from the annotation boxes, as
 ImageNet-9 made its masks) and ``model:<arch>`` (a torchvision segmentation network with a
-local weights file; never downloads unless asked).
+local weights file; never downloads unless asked; in :mod:`bgbias.masks_model`, loaded by the
+registry on first use).
 :func:`with_masks` wraps any source so ``load(i)`` returns a sample with a mask; masks are
 cached on disk per (source spec, item, image content, boxes, method, parameters).
 Drop reasons are ``"<rule>: <detail>"`` so :func:`quality_summary` can count them per rule.
-Also here: :func:`run_masks` / :func:`write_masks` (``bgbias masks``) and the CLI glue
-:func:`add_mask_arguments` / :func:`source_from_args` shared with ``bgbias build``.
+Also here: :func:`run_masks` / :func:`write_masks` (``bgbias masks``). The CLI glue
+(``add_mask_arguments``, ``source_from_args``) is in :mod:`bgbias.cli._mask_options`.
 """
 from __future__ import annotations
 
 import hashlib
 import json
-import multiprocessing
 import os
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from .executors import map_ordered
 from .io import atomic_write_bytes, encode_png, write_json, write_npy
 from .layout import class_dirname, mask_path
 from .registry import Registry
@@ -31,7 +31,7 @@ from .sample import BadSample, Box, Sample, check_mask_usable
 from .seeding import derive_seed
 from .sources import Source
 
-MASK_METHODS: Registry = Registry("mask method")
+MASK_METHODS: Registry = Registry("mask method", plugins=("bgbias.masks_model",))
 CACHE_VERSION = "bgbias-mask-cache/1"
 BOX_MODES = ("one", "union")
 
@@ -174,113 +174,6 @@ def _enlarge(boxes: tuple[Box, ...], rate: float, h: int, w: int) -> tuple[Box, 
         dx, dy = max(1, round((x1 - x0) * rate)), max(1, round((y1 - y0) * rate))
         out.append((max(0, x0 - dx), max(0, y0 - dy), min(w, x1 + dx), min(h, y1 + dy)))
     return tuple(out)
-
-
-@MASK_METHODS.register("model")
-class ModelMask(MaskMethod):
-    """A torchvision segmentation network (deeplabv3_*, fcn_*, lraspp_*) with a local weights file.
-
-    Foreground = pixels whose arg-max class is in ``fg_classes`` (indices, or names of the
-    21 VOC categories of torchvision's weights); default every class except 0 (background).
-    The network is built without any download (``weights_backbone=None``); ``download=True``
-    fetches torchvision's default weights when no file is given. Loaded lazily, once per process.
-    """
-
-    name = "model"
-
-    def __init__(self, arch: str = "deeplabv3_resnet50", weights: str | os.PathLike | None = None,
-                 fg_classes: str | list | None = None, num_classes: int = 21, size: int = 520,
-                 device: str = "cpu", download: bool = False, trust: bool = False):
-        import torchvision
-        valid = torchvision.models.list_models(module=torchvision.models.segmentation)
-        if arch not in valid:
-            raise ValueError(f"Unknown segmentation architecture {arch!r}; valid: {', '.join(valid)}.")
-        if weights is None and not download:
-            raise ValueError(f"model:{arch} needs a local weights file (--weights FILE); "
-                             f"pass --download-weights to fetch torchvision's default weights instead.")
-        if weights is not None and not Path(weights).is_file():
-            raise ValueError(f"Weights file {weights} does not exist.")
-        self.arch, self.weights, self.num_classes = arch, weights, int(num_classes)
-        self.size, self.device, self.download, self.trust = int(size), device, bool(download), bool(trust)
-        self.fg_classes = self._parse_classes(fg_classes)
-        self._digest = _file_digest(weights) if weights is not None else "torchvision-default"
-        self._net = None
-
-    def _parse_classes(self, spec: str | list | None) -> tuple[int, ...]:
-        from torchvision.models._meta import _VOC_CATEGORIES
-        if spec is None or spec == "" or spec == "all":
-            return tuple(range(1, self.num_classes))
-        names = [c.strip() for c in spec.split(",")] if isinstance(spec, str) else list(spec)
-        out = []
-        for c in names:
-            if str(c).isdigit() and int(c) < self.num_classes:
-                out.append(int(c))
-            elif self.num_classes == len(_VOC_CATEGORIES) and c in _VOC_CATEGORIES:
-                out.append(_VOC_CATEGORIES.index(c))
-            else:
-                valid = ", ".join(_VOC_CATEGORIES[1:]) if self.num_classes == len(_VOC_CATEGORIES) else ""
-                raise ValueError(f"Unknown model class {c!r}; valid: indices 0..{self.num_classes - 1}"
-                                 + (f" or {valid}." if valid else "."))
-        return tuple(sorted(set(out)))
-
-    def params(self) -> dict:
-        return {"arch": self.arch, "weights": self._digest, "fg_classes": list(self.fg_classes),
-                "num_classes": self.num_classes, "size": self.size}
-
-    def __getstate__(self) -> dict:
-        return {**self.__dict__, "_net": None}   # workers rebuild the network; never pickle it
-
-    def network(self):
-        """The eval-mode network, built on first use."""
-        if self._net is None:
-            import torchvision
-            from .checkpoint import safe_torch_load
-            kw: dict[str, Any] = {"weights_backbone": None, "num_classes": self.num_classes}
-            if self.weights is None:
-                kw = {"weights": "DEFAULT"}
-                net = torchvision.models.get_model(self.arch, **kw)
-            else:
-                state = safe_torch_load(self.weights, trust=self.trust)
-                state = state.get("state_dict", state.get("model", state)) if isinstance(state, dict) else state
-                if not isinstance(state, dict):
-                    raise ValueError(f"Weights file {self.weights} holds no state dict.")
-                if not self.arch.startswith("lraspp"):
-                    kw["aux_loss"] = any(k.startswith("aux_classifier.") for k in state)
-                net = torchvision.models.get_model(self.arch, **kw)
-                try:
-                    net.load_state_dict(state)
-                except RuntimeError as e:
-                    raise ValueError(f"Weights file {self.weights} does not fit {self.arch} with "
-                                     f"{self.num_classes} classes: {str(e).splitlines()[1][:160]}") from None
-            self._net = net.eval().to(self.device)
-        return self._net
-
-    def __call__(self, sample: Sample) -> np.ndarray:
-        import torch
-        import torch.nn.functional as F
-        h, w = sample.size
-        x = torch.from_numpy(sample.image).to(self.device).permute(2, 0, 1)[None].float() / 255.0
-        mean = torch.tensor([0.485, 0.456, 0.406], device=self.device).view(1, 3, 1, 1)
-        std = torch.tensor([0.229, 0.224, 0.225], device=self.device).view(1, 3, 1, 1)
-        x = (x - mean) / std
-        if self.size:
-            scale = self.size / min(h, w)
-            x = F.interpolate(x, size=(max(1, round(h * scale)), max(1, round(w * scale))), mode="bilinear",
-                              align_corners=False, antialias=True)
-        with torch.no_grad():
-            logits = self.network()(x)["out"]
-            logits = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
-        pred = logits.argmax(1)[0].cpu().numpy()
-        return np.isin(pred, self.fg_classes).astype(np.float32)
-
-
-def _file_digest(path: str | os.PathLike) -> str:
-    h = hashlib.blake2b(digest_size=16)
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
 
 
 def list_mask_methods(pattern: str = "*") -> list[str]:
@@ -546,10 +439,8 @@ def run_masks(source: Any, out: str | os.PathLike | None = None, workers: int = 
     if workers <= 1:
         _init_worker(source, out)
         return [_mask_job(i) for i in indices]
-    ctx = multiprocessing.get_context("forkserver")   # a plain fork after OpenCV/torch threads started hung here
-    ctx.set_forkserver_preload(["bgbias.masks"])
-    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(source, out, True)) as ex:
-        return list(ex.map(_mask_job, indices, chunksize=max(1, len(indices) // (workers * 4))))
+    return list(map_ordered(_mask_job, indices, initializer=_init_worker, initargs=(source, out, True),
+                            workers=workers, preload="bgbias.masks", chunksize=max(1, len(indices) // (workers * 4))))
 
 
 def write_masks(source: Any, out: str | os.PathLike, workers: int = 1) -> dict:
@@ -561,77 +452,3 @@ def write_masks(source: Any, out: str | os.PathLike, workers: int = 1) -> dict:
     write_json(Path(out) / "masks.json", {"source": source.describe(), "summary": summary,
                                           "items": records, "scan_dropped": dropped})
     return summary
-
-
-# ---------------------------------------------------------------- CLI glue (used by `bgbias build` and `bgbias masks`)
-
-ANNOTATION_FAMILIES = ("voc", "imagenet", "coco")
-
-
-def add_mask_arguments(parser: Any) -> None:
-    """Add the mask/annotation options (``--masks-from``, ``--boxes``, ...) to an argparse parser."""
-    g = parser.add_argument_group("masks and annotations")
-    g.add_argument("--masks-from", metavar="METHOD",
-                   help=f"how to get foreground masks: {', '.join(list_mask_methods())} "
-                        "(model:ARCH, threshold[:VALUE]); default: the source's own masks")
-    g.add_argument("--boxes", metavar="FILE|DIR",
-                   help="boxes: JSON {id: [[x0,y0,x1,y1],...]} (x1/y1 exclusive) or a folder of VOC XML files")
-    g.add_argument("--weights", metavar="FILE", help="weights file for --masks-from model:ARCH")
-    g.add_argument("--download-weights", action="store_true", default=None,
-                   help="with model:ARCH and no --weights, download torchvision's default weights")
-    g.add_argument("--fg-classes", metavar="LIST",
-                   help="model output classes that count as foreground (indices or VOC names; default all but 0)")
-    g.add_argument("--classes", metavar="LIST", help="annotation classes to use, comma-separated, in label order")
-    g.add_argument("--foreground", choices=("label", "all"), default=None,
-                   help="coco: foreground is every instance of the label's category (label) or every instance (all)")
-    g.add_argument("--min-area", type=int, metavar="PIXELS", help="coco: drop images whose largest instance is smaller")
-    mode = g.add_mutually_exclusive_group()
-    mode.add_argument("--one-box", dest="box_mode", action="store_const", const="one",
-                      help="IN-9 rule: keep only images with exactly one box (default for imagenet)")
-    mode.add_argument("--union-boxes", dest="box_mode", action="store_const", const="union",
-                      help="use the union of all boxes (default except imagenet)")
-    g.add_argument("--crop-rules", dest="crop_rules", action="store_true", default=None,
-                   help="IN-9 rule: drop boxes covering > 90%% of the centre crop or < 50%% inside it (imagenet default)")
-    g.add_argument("--no-crop-rules", dest="crop_rules", action="store_false")
-    g.add_argument("--mask-cache", metavar="DIR", help="mask cache folder (default $BGBIAS_CACHE/masks or "
-                                                       "~/.cache/bgbias/masks); 'none' disables it")
-
-
-def _cache_from_args(args: Any) -> Any:
-    value = getattr(args, "mask_cache", None)
-    return False if value == "none" else (value or True)
-
-
-def _method_kwargs(args: Any) -> dict:
-    spec = getattr(args, "masks_from", None) or ""
-    if not spec.startswith("model"):
-        return {}
-    return {"weights": getattr(args, "weights", None), "fg_classes": getattr(args, "fg_classes", None),
-            "download": getattr(args, "download_weights", None)}
-
-
-def source_from_args(args: Any, spec: str | None = None) -> Any:
-    """The source named by ``spec`` (default ``args.source``) with the mask options of :func:`add_mask_arguments`.
-
-    Annotation families (voc, imagenet, coco) take the options themselves (and reject ones
-    they do not use); any other source is wrapped by :func:`with_masks` when a mask option is given.
-    """
-    from .sources import create_source
-    spec = spec or args.source
-    family = spec.partition(":")[0]
-    opts = {k: getattr(args, k, None) for k in ("classes", "foreground", "min_area", "boxes", "box_mode",
-                                                "crop_rules")}
-    method = getattr(args, "masks_from", None)
-    if family in ANNOTATION_FAMILIES:
-        return create_source(spec, **opts, masks_from=method, cache=_cache_from_args(args), **_method_kwargs(args))
-    for opt in ("classes", "foreground", "min_area"):
-        if opts[opt] is not None:
-            raise ValueError(f"--{opt.replace('_', '-')} does not apply to source {family!r}; it applies to: "
-                             f"{', '.join(ANNOTATION_FAMILIES) if opt == 'classes' else 'coco'}.")
-    source = create_source(spec)
-    if method is None and all(opts[k] is None for k in ("boxes", "box_mode", "crop_rules")):
-        return source
-    fill_only = method is None and opts["boxes"] is not None   # boxes alone: keep given masks, GrabCut the rest
-    return with_masks(source, method or ("grabcut" if fill_only else "given"), boxes=opts["boxes"],
-                      box_mode=opts["box_mode"], crop_rules=opts["crop_rules"], cache=_cache_from_args(args),
-                      fill_only=fill_only, **_method_kwargs(args))

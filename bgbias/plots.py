@@ -19,14 +19,13 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from .io import read_image
-from .layout import SPLIT, class_dirname, list_items, list_variant_dirs, safe_join
+from .layout import IN9_VARIANTS, SPLIT, class_dirname, list_items, list_variant_dirs, safe_join
 from .registry import natural_key
 from .sample import BadSample
 
 PALETTE = ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3", "#8c8c8c")
 GROUP_COLORS = {"fg+bg+": "#55a868", "fg+bg-": "#4c72b0", "fg-bg+": "#c44e52", "fg-bg-": "#8c8c8c"}
 DPI = 100
-IN9_VARIANTS = ("original", "only_bg_b", "only_bg_t", "no_fg", "only_fg", "mixed_same", "mixed_rand", "mixed_next")
 
 
 def variant_order(names: Iterable[str]) -> list[str]:

@@ -116,8 +116,7 @@ def run_saliency(cfg: SaliencyConfig, out: str | Path = "saliency.json",
     if cfg.target not in ("label", "pred"):
         raise ValueError(f"Unknown saliency target {cfg.target!r}; valid: label, pred.")
     data, out = Path(cfg.data), Path(out)
-    audit = open_audit(cfg.model, data, cfg.weights, cfg.label_map, cfg.preprocess, cfg.mean, cfg.std, cfg.size,
-                       cfg.device, cfg.trust, loaded)
+    audit = open_audit(cfg, loaded)
     layer = find_layer(audit.model.module, cfg.layer) if "gradcam" in cfg.methods else None
     variants = resolve_variants(data, cfg.variants)
     overlay_dir = out.parent / f"{out.stem}_overlays"

@@ -27,13 +27,12 @@ import torch
 
 from .backgrounds import TEXTURES, Background, box_mask, create_background, resize_crop, tile_strip
 from .compose import compose
-from .layout import sanitize_name
+from .layout import IN9_VARIANTS, sanitize_name
 from .registry import Registry, Spec, natural_key
 from .sample import BadSample, Sample
 from .seeding import numpy_rng, torch_generator
 
 VARIANTS: Registry["Variant"] = Registry("variant")
-IN9_VARIANTS = ("original", "only_bg_b", "only_bg_t", "no_fg", "only_fg", "mixed_same", "mixed_rand", "mixed_next")
 PAIRINGS = ("same", "rand", "next")
 _EXAMPLES: dict[str, tuple[str, ...]] = {}   # parametric family -> concrete names listed by list_variants
 

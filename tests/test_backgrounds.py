@@ -4,8 +4,8 @@ import pytest
 import torch
 from PIL import Image
 
-from bgbias.backgrounds import (TEXTURES, create_background, list_backgrounds, only_bg_t, parse_color,
-                                register_texture, resize_crop)
+from bgbias.backgrounds import create_background, list_backgrounds, only_bg_t, parse_color, resize_crop
+from bgbias.textures import TEXTURES, register_texture
 from bgbias.sample import BadSample, Sample
 
 

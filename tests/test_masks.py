@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from bgbias import masks
-from bgbias.masks import (BoxRules, GrabCutMask, MaskCache, ModelMask, add_mask_arguments, create_mask_method,
-                          grabcut_from_boxes, list_mask_methods, quality_summary, run_masks, source_from_args,
-                          with_masks)
+from bgbias.cli._mask_options import add_mask_arguments, source_from_args
+from bgbias.masks import (BoxRules, GrabCutMask, MaskCache, create_mask_method, grabcut_from_boxes, list_mask_methods,
+                          quality_summary, run_masks, with_masks)
+from bgbias.masks_model import ModelMask
 from bgbias.sample import BadSample, Sample
 
 

@@ -3,22 +3,19 @@ from __future__ import annotations
 
 import os
 
+from bgbias.executors import EXECUTORS
+
 
 def _source(args):
-    """The source named on the command line, with given masks (--masks) or a mask method (issue 3 options)."""
+    """The source named on the command line, with given masks (--masks) or a mask method (--masks-from ...)."""
+    from bgbias.cli._mask_options import source_from_args
     from bgbias.sources import create_source
 
-    try:
-        from bgbias import masks
-    except ImportError:
-        masks = None
     if args.masks:
         if getattr(args, "masks_from", None):
             raise ValueError("Give either --masks DIR (masks on disk) or --masks-from METHOD, not both.")
         return create_source(args.source, masks=args.masks)
-    if masks is not None and hasattr(masks, "source_from_args"):
-        return masks.source_from_args(args)
-    return create_source(args.source)
+    return source_from_args(args)
 
 
 def build_command(args) -> int:
@@ -58,7 +55,7 @@ def register(sub) -> None:
                    help="HxW: resize shorter side then centre crop (e.g. 224x224); 'none' keeps each image's size")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                    help="worker processes (default: all cores); output bytes do not depend on it")
-    p.add_argument("--executor", choices=("local", "ray"), default="local",
+    p.add_argument("--executor", choices=EXECUTORS, default="local",
                    help="local process pool, or ray (pip install 'bgbias[ray]'); same output bytes")
     p.add_argument("--masks", metavar="DIR", help="folder:DIR only: masks with the same relative paths (.png or .npy)")
     p.add_argument("--spurious", type=float, metavar="RHO",
@@ -69,7 +66,7 @@ def register(sub) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     try:
-        from bgbias.masks import add_mask_arguments
+        from bgbias.cli._mask_options import add_mask_arguments
     except ImportError:
         pass
     else:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from .eval import add_model_args, model_kwargs
+from ._model_options import add_model_arguments, model_kwargs
 
 
 def challenge_command(args: argparse.Namespace) -> int:
@@ -37,7 +37,7 @@ def format_summary(r: dict[str, Any]) -> str:
 
 def register(sub) -> None:
     p = sub.add_parser("challenge", help="backgrounds challenge: is each foreground fooled by any only_bg_t background?")
-    add_model_args(p)
+    add_model_arguments(p)
     p.add_argument("--out", default="challenge.json")
     p.add_argument("--max-backgrounds", type=int, default=None,
                    help="search a seeded random subset of K backgrounds (an estimate, marked exhaustive: false)")

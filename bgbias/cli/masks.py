@@ -5,7 +5,8 @@ import os
 
 
 def masks_command(args) -> int:
-    from bgbias.masks import format_summary, source_from_args, write_masks
+    from bgbias.cli._mask_options import source_from_args
+    from bgbias.masks import format_summary, write_masks
 
     summary = write_masks(source_from_args(args), args.out, workers=args.workers)
     print(format_summary(summary))
@@ -13,7 +14,7 @@ def masks_command(args) -> int:
 
 
 def register(sub) -> None:
-    from bgbias.masks import add_mask_arguments
+    from bgbias.cli._mask_options import add_mask_arguments
 
     p = sub.add_parser("masks", help="compute foreground masks for a source and summarise their quality",
                        description="Writes OUT/fg_mask/val/<NN_class>/<id>.npy and OUT/masks.json "

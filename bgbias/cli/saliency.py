@@ -3,17 +3,15 @@ from __future__ import annotations
 
 import argparse
 
-from .eval import add_model_args, model_kwargs
+from ._model_options import add_model_arguments, model_kwargs, split_list
 
 
 def saliency_command(args: argparse.Namespace) -> int:
     from ..io import write_json
     from ..saliency import SaliencyConfig, run_saliency
 
-    split = lambda s: tuple(x.strip() for x in s.split(",") if x.strip())  # noqa: E731
     kw = {k: v for k, v in dict(
-        variants=None if args.variants in (None, "all") else split(args.variants),
-        methods=split(args.methods) if args.methods else None, layer=args.layer, target=args.target,
+        variants=split_list(args.variants), methods=split_list(args.methods) if args.methods else None, layer=args.layer, target=args.target,
         max_images=args.max_images, overlays=args.overlays).items() if v is not None}
     kw["variants"] = kw.get("variants")
     result = run_saliency(SaliencyConfig(**model_kwargs(args), **kw), out=args.out)
@@ -31,7 +29,7 @@ def register(sub) -> None:
     from ..saliency import METHODS
 
     p = sub.add_parser("saliency", help="share of Grad-CAM / input-gradient attribution on the foreground mask")
-    add_model_args(p)
+    add_model_arguments(p)
     p.add_argument("--variants", default="all", help="all | comma-separated variant folders")
     p.add_argument("--methods", default=None, help=f"comma-separated, from: {', '.join(METHODS)} (default: all)")
     p.add_argument("--layer", default=None, help="Grad-CAM layer name (default: the last Conv2d)")

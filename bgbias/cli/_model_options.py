@@ -1,0 +1,53 @@
+"""Options shared by ``bgbias eval``, ``challenge`` and ``saliency``: the model, its preprocessing, the data, the device.
+
+No ``register`` here (and a leading underscore, which ``cli/__init__.py`` skips): this is not a command.
+"""
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from ..labelmap import BUILTIN
+from ..models import PRESETS
+
+
+def add_model_arguments(p: argparse.ArgumentParser) -> None:
+    """Add the shared options; each command's own options come after them in ``--help``."""
+    p.add_argument("--model", required=True,
+                   help="torchvision:<arch> | torchscript:FILE | checkpoint:FILE | module:pkg.mod:factory")
+    p.add_argument("--weights", help="state dict for torchvision:/module: models")
+    p.add_argument("--label-map", default=None,
+                   help=f"{' | '.join(BUILTIN)} | FILE.json (model class -> dataset class, -1 = none); default identity")
+    p.add_argument("--data", required=True, help="IN-9 layout folder (bgbias build output or the IN-9 release)")
+    p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda when available)")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--workers", type=int, default=None, help="DataLoader workers that decode images")
+    p.add_argument("--preprocess", choices=sorted(PRESETS), default=None,
+                   help="imagenet (224 px, ImageNet stats) | in9 (IN-9 stats) | none ([0,1], no resize); "
+                        "default: the checkpoint's, imagenet for torchvision:, else none")
+    p.add_argument("--mean", type=float, nargs=3, default=None)
+    p.add_argument("--std", type=float, nargs=3, default=None)
+    p.add_argument("--size", type=int, nargs="+", default=None, help="resize to H [W] before the model")
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="allow unpickling arbitrary Python objects (only for files you trust)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+
+
+def model_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """Config fields (``EvalConfig``/``ChallengeConfig``/``SaliencyConfig``) from the shared options; unset
+    options are dropped so each config's own defaults apply (batch size differs per command)."""
+    kw = dict(model=args.model, data=args.data, weights=args.weights, label_map=args.label_map, device=args.device,
+              batch_size=args.batch_size, workers=args.workers, preprocess=args.preprocess,
+              mean=tuple(args.mean) if args.mean else None, std=tuple(args.std) if args.std else None,
+              size=tuple(args.size) if args.size else None, trust=args.trust_checkpoint, seed=args.seed,
+              progress=not args.no_progress)
+    return {k: v for k, v in kw.items() if v is not None}
+
+
+def split_list(text: str | None) -> tuple[str, ...] | None:
+    """``"a, b,"`` -> ("a", "b"); ``None`` or ``"all"`` -> None (everything)."""
+    if text is None or text.strip() == "all":
+        return None
+    return tuple(x.strip() for x in text.split(",") if x.strip())
