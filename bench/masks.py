@@ -26,7 +26,8 @@ sys.path.insert(0, str(REPO / "tests"))
 from bgbias import masks  # noqa: E402
 from bgbias.annotations import parse_voc_xml  # noqa: E402
 from bgbias.io import read_mask  # noqa: E402
-from bgbias.masks import quality_summary, run_masks, with_masks  # noqa: E402
+from bgbias.masks import with_masks  # noqa: E402
+from bgbias.masks_run import quality_summary, run_masks  # noqa: E402
 from bgbias.sources import create_source  # noqa: E402
 from test_masks import ListSource, scene  # noqa: E402
 

@@ -7,9 +7,10 @@ local weights file; never downloads unless asked; in :mod:`bgbias.masks_model`, 
 registry on first use).
 :func:`with_masks` wraps any source so ``load(i)`` returns a sample with a mask; masks are
 cached on disk per (source spec, item, image content, boxes, method, parameters).
-Drop reasons are ``"<rule>: <detail>"`` so :func:`quality_summary` can count them per rule.
-Also here: :func:`run_masks` / :func:`write_masks` (``bgbias masks``). The CLI glue
-(``add_mask_arguments``, ``source_from_args``) is in :mod:`bgbias.cli._mask_options`.
+Drop reasons are ``"<rule>: <detail>"`` so :func:`~bgbias.masks_run.quality_summary` can count
+them per rule. Running a source's masks (``bgbias masks``: :func:`~bgbias.masks_run.run_masks`,
+:func:`~bgbias.masks_run.write_masks`) is in :mod:`bgbias.masks_run`, re-exported here. The CLI
+glue (``add_mask_arguments``, ``source_from_args``) is in :mod:`bgbias.cli._mask_options`.
 """
 from __future__ import annotations
 
@@ -23,13 +24,18 @@ from typing import Any
 import cv2
 import numpy as np
 
-from .executors import map_ordered
-from .io import atomic_write_bytes, encode_png, write_json, write_npy
-from .layout import class_dirname, mask_path
+from .io import atomic_write_bytes, encode_png
+from .masks_run import format_summary, quality_summary, run_masks, write_masks
 from .registry import Registry
 from .sample import BadSample, Box, Sample, check_mask_usable
 from .seeding import derive_seed
 from .sources import Source
+
+__all__ = ["MASK_METHODS", "CACHE_VERSION", "BOX_MODES", "MaskMethod", "GivenMask", "ThresholdMask", "GrabCutMask",
+           "grabcut_from_boxes", "list_mask_methods", "create_mask_method", "BoxRules", "IN9_RULES",
+           "default_cache_dir", "MaskCache", "MaskedSource", "with_masks",
+           # run by masks_run, importable from here as before
+           "quality_summary", "format_summary", "run_masks", "write_masks"]
 
 MASK_METHODS: Registry = Registry("mask method", plugins=("bgbias.masks_model",))
 CACHE_VERSION = "bgbias-mask-cache/1"
@@ -368,87 +374,3 @@ def with_masks(source: Any, method: str | MaskMethod = "grabcut", *, rules: BoxR
     if cache is True or isinstance(cache, (str, os.PathLike)):
         cache = MaskCache(None if cache is True else cache)
     return MaskedSource(source, create_mask_method(method, **params), rules, boxes, cache or None, fill_only)
-
-
-# ---------------------------------------------------------------- running, summary
-
-def quality_summary(records: list[dict]) -> dict:
-    """Records ``{"id", "method", "area"}`` (kept) or ``{"id", "reason"}`` (dropped) -> summary dict.
-
-    ``area`` is the mask's foreground fraction of the image; drops are counted per rule
-    (the part of the reason before the first colon).
-    """
-    kept = [r for r in records if "reason" not in r]
-    by_method: dict[str, dict] = {}
-    for r in kept:
-        m = by_method.setdefault(r.get("method", "?"), {"masks": 0, "area_sum": 0.0})
-        m["masks"] += 1
-        m["area_sum"] += float(r.get("area", 0.0))
-    drops: dict[str, int] = {}
-    for r in records:
-        if "reason" in r:
-            rule = r["reason"].split(":", 1)[0] if ":" in r["reason"] else r["reason"]
-            drops[rule] = drops.get(rule, 0) + 1
-    return {"masks": len(kept), "dropped": len(records) - len(kept),
-            "mean_area_fraction": round(sum(float(r.get("area", 0)) for r in kept) / len(kept), 4) if kept else None,
-            "by_method": {k: {"masks": v["masks"], "mean_area_fraction": round(v["area_sum"] / v["masks"], 4)}
-                          for k, v in sorted(by_method.items())},
-            "drops_by_rule": dict(sorted(drops.items()))}
-
-
-def format_summary(summary: dict) -> str:
-    lines = [f"masks: {summary['masks']} kept, {summary['dropped']} dropped, "
-             f"mean area fraction {summary['mean_area_fraction']}"]
-    lines += [f"  {k}: {v['masks']} masks, mean area {v['mean_area_fraction']}" for k, v in summary["by_method"].items()]
-    lines += [f"  dropped ({k}): {v}" for k, v in summary["drops_by_rule"].items()]
-    return "\n".join(lines)
-
-
-_WORKER: dict[str, Any] = {}   # per-process state of a pool worker (the source and output folder)
-
-
-def _init_worker(source: Any, out: Path | None, pool: bool = False) -> None:
-    if pool:   # one thread per process: the pool is the parallelism
-        import torch
-        cv2.setNumThreads(1)
-        torch.set_num_threads(1)
-    _WORKER.update(source=source, out=out, ids=source.ids())
-
-
-def _mask_job(i: int) -> dict:
-    """Load item ``i`` with its mask and (when writing) save it; returns a small record, never raises BadSample."""
-    source, out = _WORKER["source"], _WORKER["out"]
-    try:
-        s = source.load(i)
-    except BadSample as e:
-        return {"index": i, "id": _WORKER["ids"][i], "reason": e.reason}
-    rec = {"index": i, "id": s.id, "label": s.label, "area": round(float((s.mask > 0.5).mean()), 6),
-           "boxes": [list(b) for b in s.object_boxes()],
-           "method": source.mask_method(i) if hasattr(source, "mask_method") else "given"}
-    if out is not None:
-        cdir = class_dirname(s.label, source.classes[s.label], len(source.classes))
-        write_npy(mask_path(out, cdir, s.id), s.mask.astype(np.float32))
-    return rec
-
-
-def run_masks(source: Any, out: str | os.PathLike | None = None, workers: int = 1,
-              indices: list[int] | None = None) -> list[dict]:
-    """Compute (and with ``out``, write ``OUT/fg_mask/val/<NN_class>/<id>.npy``) every mask; records in index order."""
-    indices = list(range(len(source))) if indices is None else list(indices)
-    out = Path(out) if out is not None else None
-    if workers <= 1:
-        _init_worker(source, out)
-        return [_mask_job(i) for i in indices]
-    return list(map_ordered(_mask_job, indices, initializer=_init_worker, initargs=(source, out, True),
-                            workers=workers, preload="bgbias.masks", chunksize=max(1, len(indices) // (workers * 4))))
-
-
-def write_masks(source: Any, out: str | os.PathLike, workers: int = 1) -> dict:
-    """``bgbias masks``: write every mask and ``OUT/masks.json`` (summary + per-item records); returns the summary."""
-    records = run_masks(source, out, workers)
-    dropped = [{"id": d.get("id", d.get("path")), "reason": d["reason"], "stage": "scan"}
-               for d in getattr(source, "scan_dropped", [])]
-    summary = quality_summary(records + dropped)
-    write_json(Path(out) / "masks.json", {"source": source.describe(), "summary": summary,
-                                          "items": records, "scan_dropped": dropped})
-    return summary

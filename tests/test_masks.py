@@ -10,7 +10,8 @@ import torch
 from bgbias import masks
 from bgbias.cli._mask_options import add_mask_arguments, source_from_args
 from bgbias.masks import (BoxRules, GrabCutMask, MaskCache, create_mask_method, grabcut_from_boxes, list_mask_methods,
-                          quality_summary, run_masks, with_masks)
+                          with_masks)
+from bgbias.masks_run import quality_summary, run_masks
 from bgbias.masks_model import ModelMask
 from bgbias.sample import BadSample, Sample
 
@@ -259,6 +260,7 @@ def test_run_masks_same_records_with_one_or_two_workers(tmp_path):
     src = with_masks(ListSource(4), "grabcut", cache=False)
     one, two = run_masks(src, tmp_path / "a", 1), run_masks(src, tmp_path / "b", 2)
     assert one == two and [r["id"] for r in one] == ["s0", "s1", "s2", "s3"]
+    assert masks.run_masks is run_masks and masks.write_masks.__module__ == "bgbias.masks_run"   # re-exported
     saved = np.load(tmp_path / "a" / "fg_mask" / "val" / "00_thing" / "s0.npy")
     assert saved.dtype == np.float32 and np.array_equal(saved, src.load(0).mask)
 

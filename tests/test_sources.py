@@ -110,6 +110,18 @@ def test_unknown_source_and_wrong_option_errors_list_valid_names():
         create_source("digits", masks="x")
 
 
+def test_builtin_readers_load_in_a_fresh_process_that_imports_them_first():
+    """A pool worker unpickles a reader before anything imported bgbias.sources (the plugin has no import cycle)."""
+    import pickle
+    import subprocess
+    import sys
+
+    code = "import pickle, sys; s = pickle.load(sys.stdin.buffer); print(s.load(3).id, sorted(s.describe()))"
+    out = subprocess.run([sys.executable, "-c", code], input=pickle.dumps(create_source("digits")),
+                         capture_output=True, check=True).stdout.decode()
+    assert out.startswith("digits_00003 ") and "'background'" in out
+
+
 def test_spurious_source_follows_rho(digits_source):
     fams = ["color:red", "color:green", "color:blue"]
     always = SpuriousSource(digits_source, rho=1.0, families=fams, seed=0)

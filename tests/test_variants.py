@@ -1,5 +1,4 @@
 """The variant registry and each variant's meaning as a property of its pixels; pairing plans."""
-import random
 
 import numpy as np
 import pytest

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from bgbias.train import OPTIMIZERS, SCHEDULES, TrainConfig
+from bgbias.recipes import OPTIMIZERS, SCHEDULES, TrainConfig
 
 
 def _limit(text: str) -> float | None:
@@ -25,7 +25,7 @@ def train_command(args: argparse.Namespace) -> int:
 
 def register(sub) -> None:
     from bgbias.nets import list_archs
-    from bgbias.train import RECIPES
+    from bgbias.recipes import RECIPES
 
     d = TrainConfig()
     p = sub.add_parser("train", help="train with a mitigation recipe (baseline, bg-augment, mixed-rand, adversarial)",
