@@ -156,38 +156,41 @@ def _sample_task(task: dict) -> list[dict]:
     plain = [v for v in variants if v.pairing is None]
     need_tiles = any(v.pairing for v in variants)
     records, offset, cache = [], 0, None
-    for i in task["chunk"]:
-        paths = {v.name: _path(v.dirname, i) for v in plain}
-        mpath = _path(MASK_DIR, i, ".npy")
-        if mpath.exists() and all(p.exists() for p in paths.values()):
-            records.append({"i": i})
-            continue
-        try:
-            s = _prepared(i)
-            todo = [v for v in plain if not paths[v.name].exists()]
-            images = render_variants(s, todo, cfg.seed)
-            if need_tiles:                                    # a partner must have an Only-BG-T background
-                tiled = images["only_bg_t"] if "only_bg_t" in images else only_bg_t(s.image, s.object_boxes())
-        except Exception as e:  # never crash mid-build: record and go on
-            records.append(_drop(i, e))
-            continue
-        for v in todo:
-            write_png(paths[v.name], images[v.name], cfg.png_compression)
-        if not mpath.exists():
-            write_npy(mpath, s.mask.astype(np.float32))
-        rec: dict[str, Any] = {"i": i}
-        if need_tiles:
-            h, w = s.size
-            if cache is None:      # streamed to a temp file, renamed when the chunk is done
-                os.makedirs(os.path.join(_STATE["out"], CACHE), exist_ok=True)
-                cache = open(_cache_file(task["k"]) + f".{os.getpid()}.tmp", "wb")
-            cache.write(np.ascontiguousarray(s.image).data)
-            cache.write(np.ascontiguousarray(tiled).data)
-            rec["cache"] = (task["k"], offset, h, w)
-            offset += 2 * h * w * 3
-        records.append(rec)
+    try:
+        for i in task["chunk"]:
+            paths = {v.name: _path(v.dirname, i) for v in plain}
+            mpath = _path(MASK_DIR, i, ".npy")
+            if mpath.exists() and all(p.exists() for p in paths.values()):
+                records.append({"i": i})
+                continue
+            try:
+                s = _prepared(i)
+                todo = [v for v in plain if not paths[v.name].exists()]
+                images = render_variants(s, todo, cfg.seed)
+                if need_tiles:                                # a partner must have an Only-BG-T background
+                    tiled = images["only_bg_t"] if "only_bg_t" in images else only_bg_t(s.image, s.object_boxes())
+            except Exception as e:  # never crash mid-build: record and go on
+                records.append(_drop(i, e))
+                continue
+            for v in todo:
+                write_png(paths[v.name], images[v.name], cfg.png_compression)
+            if not mpath.exists():
+                write_npy(mpath, s.mask.astype(np.float32))
+            rec: dict[str, Any] = {"i": i}
+            if need_tiles:
+                h, w = s.size
+                if cache is None:  # streamed to a temp file, renamed when the chunk is done
+                    os.makedirs(os.path.join(_STATE["out"], CACHE), exist_ok=True)
+                    cache = open(_cache_file(task["k"]) + f".{os.getpid()}.tmp", "wb")
+                cache.write(np.ascontiguousarray(s.image).data)
+                cache.write(np.ascontiguousarray(tiled).data)
+                rec["cache"] = (task["k"], offset, h, w)
+                offset += 2 * h * w * 3
+            records.append(rec)
+    finally:
+        if cache is not None:
+            cache.close()
     if cache is not None:
-        cache.close()
         os.replace(cache.name, _cache_file(task["k"]))
     return records
 
