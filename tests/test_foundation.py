@@ -130,3 +130,18 @@ def test_checkpoint_round_trip_and_refusal(tmp_path):
 def test_arch_registry_lists_and_builds():
     assert "small-cnn" in list_archs() and "resnet18" in list_archs("resnet*")
     assert create_arch("resnet18", num_classes=3).eval()(torch.rand(1, 3, 32, 32)).shape == (1, 3)
+
+
+def test_cli_imports_only_the_invoked_command():
+    """``bgbias report ...`` must not pay for torch (imported by other commands' options); all commands stay listed."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom bgbias.cli import main\ntry:\n    main(['report', '--help'])\nexcept SystemExit:\n    pass\n"
+            "print('TORCH', 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "usage: bgbias report" in out and out.strip().endswith("TORCH False")
+    from bgbias.cli import build_parser
+
+    names = build_parser()._subparsers._group_actions[0].choices
+    assert {"build", "eval", "challenge", "saliency", "train", "report", "demo", "masks"} <= set(names)

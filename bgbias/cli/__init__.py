@@ -1,7 +1,9 @@
 """The ``bgbias`` command: registers each subcommand module in this package and dispatches.
 
 Each ``bgbias/cli/<name>.py`` defines ``register(subparsers)`` which adds its
-parser and sets ``func``; the body of a command is one library call.
+parser (named ``<name>``) and sets ``func``; the body of a command is one
+library call. ``bgbias <name> ...`` imports only that module, so a command
+does not pay for the imports (torch, ...) of the others' options.
 """
 from __future__ import annotations
 
@@ -11,21 +13,22 @@ import pkgutil
 import sys
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The full parser, or with ``command`` one naming a command module, only that command's."""
     parser = argparse.ArgumentParser(
         prog="bgbias", description="Measure and remove background reliance in image classifiers.")
     sub = parser.add_subparsers(title="commands", metavar="COMMAND")
-    for mod in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
-        if mod.name.startswith("_"):
-            continue
-        module = importlib.import_module(f"{__name__}.{mod.name}")
+    names = sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_"))
+    for name in [command] if command in names else names:
+        module = importlib.import_module(f"{__name__}.{name}")
         if hasattr(module, "register"):
             module.register(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(argv[0] if argv else None)
     args = parser.parse_args(argv)
     if not hasattr(args, "func"):
         parser.print_help()
