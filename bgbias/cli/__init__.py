@@ -27,7 +27,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
+    # not list(argv): importing the ``list`` command module rebinds ``list`` in this package's namespace
+    argv = sys.argv[1:] if argv is None else [*argv]
     parser = build_parser(argv[0] if argv else None)
     args = parser.parse_args(argv)
     if not hasattr(args, "func"):
