@@ -11,6 +11,8 @@ Another sample's background (Mixed-*) is a pairing, planned in ``variants``/``bu
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 from collections import OrderedDict
 from pathlib import Path
 from typing import Iterable
@@ -103,7 +105,7 @@ def to_uint8(t: torch.Tensor) -> np.ndarray:
 
 # ---------------------------------------------------------------- base class
 
-class Background:
+class Background(ABC):
     """A background family. ``render`` is batched and device-agnostic; ``for_sample`` is one uint8 image."""
 
     name: str = "background"
@@ -114,10 +116,10 @@ class Background:
         """No-op unless the family needs dataset statistics (``needs_fit``)."""
         return self
 
+    @abstractmethod
     def render(self, n: int, size: tuple[int, int], generator: torch.Generator | None = None,
                device: str | torch.device = "cpu") -> torch.Tensor:
         """float32 ``[n, 3, H, W]`` in [0, 1]; random choices come only from ``generator``."""
-        raise NotImplementedError
 
     def for_sample(self, sample: Sample, size: tuple[int, int] | None = None,
                    generator: torch.Generator | None = None) -> np.ndarray:

@@ -53,29 +53,17 @@ from tqdm import tqdm
 
 from .challenge_state import FOOLED, ROBUST, SKIPPED, UNKNOWN, fingerprint, save_state, start_state, state_file
 from .compose import compose
-from .evaluate import Audit, ForegroundFiles, ImageFiles, collate_by_size, foreground_items, open_audit
+from .evaluate import Audit, AuditConfig, ForegroundFiles, ImageFiles, collate_by_size, foreground_items, open_audit
 from .layout import list_items
 from .models import LoadedModel
 from .seeding import numpy_rng
 
 
 @dataclass(frozen=True)
-class ChallengeConfig:
+class ChallengeConfig(AuditConfig):
     """Everything that decides a challenge result; saved into ``challenge.json``."""
 
-    model: str
-    data: str
-    weights: str | None = None
-    label_map: str | None = None
     batch_size: int = 256
-    workers: int = 0
-    device: str | None = None
-    preprocess: str | None = None
-    mean: tuple[float, ...] | None = None
-    std: tuple[float, ...] | None = None
-    size: tuple[int, ...] | None = None
-    trust: bool = False
-    seed: int = 0
     max_backgrounds: int | None = None   # random subset of the pool -> estimate, "exhaustive": false
     active: int = 128                    # foregrounds searched at once
     max_step: int = 64                   # most backgrounds one foreground tries per round
@@ -86,7 +74,6 @@ class ChallengeConfig:
     save_seconds: float = 60.0           # ... or seconds, whichever comes first
     pool_bytes: int = 4 << 30            # float pool above this -> uint8 pool, preprocessed per batch
     state: str | None = None             # resume file; default: <out>.state next to the output
-    progress: bool = True
 
 
 class Pool:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Protocol, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -32,14 +32,13 @@ _EXACT_ONLY = {"mean", "original"}   # "mean" must not claim "mean_color"
 
 
 @dataclass(frozen=True)
-class EvalConfig:
-    """Everything that decides an eval result; saved into ``eval.json``."""
+class AuditConfig:
+    """The model and data settings every audit run has (eval, challenge, saliency); each adds its own."""
 
     model: str
     data: str
     weights: str | None = None
     label_map: str | None = None          # None = identity
-    variants: tuple[str, ...] | None = None   # None = every variant folder present
     batch_size: int = 64
     workers: int = 0
     device: str | None = None             # None = cuda when available
@@ -49,8 +48,15 @@ class EvalConfig:
     size: tuple[int, ...] | None = None
     trust: bool = False
     seed: int = 0
-    n_bootstrap: int = 1000
     progress: bool = True
+
+
+@dataclass(frozen=True)
+class EvalConfig(AuditConfig):
+    """Everything that decides an eval result; saved into ``eval.json``."""
+
+    variants: tuple[str, ...] | None = None   # None = every variant folder present
+    n_bootstrap: int = 1000
 
 
 @dataclass
@@ -79,22 +85,7 @@ class Audit:
         return self.label_map.predict(logits), conf
 
 
-class AuditSettings(Protocol):
-    """The model and data fields every run config has (``EvalConfig``, ``ChallengeConfig``, ``SaliencyConfig``)."""
-
-    model: str
-    data: str
-    weights: str | None
-    label_map: str | None
-    device: str | None
-    preprocess: str | None
-    mean: tuple[float, ...] | None
-    std: tuple[float, ...] | None
-    size: tuple[int, ...] | None
-    trust: bool
-
-
-def open_audit(cfg: AuditSettings, loaded: LoadedModel | None = None) -> Audit:
+def open_audit(cfg: AuditConfig, loaded: LoadedModel | None = None) -> Audit:
     """Check the IN-9 layout, load the model (or use ``loaded``), pick preprocessing (explicit > checkpoint
     meta > per-kind default) and the label map: the setup eval, challenge and saliency share."""
     data = Path(cfg.data)

@@ -14,6 +14,8 @@ glue (``add_mask_arguments``, ``source_from_args``) is in :mod:`bgbias.cli._mask
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import hashlib
 import json
 import os
@@ -42,7 +44,7 @@ CACHE_VERSION = "bgbias-mask-cache/1"
 BOX_MODES = ("one", "union")
 
 
-class MaskMethod:
+class MaskMethod(ABC):
     """A function ``Sample -> float32 HxW mask in [0, 1]`` with a name and cache-relevant params."""
 
     name = "method"
@@ -51,8 +53,9 @@ class MaskMethod:
         """Everything that changes the output (part of the cache key)."""
         return {}
 
+    @abstractmethod
     def __call__(self, sample: Sample) -> np.ndarray:
-        raise NotImplementedError
+        """The sample's foreground mask; raises BadSample with a reason when there is none to make."""
 
 
 @MASK_METHODS.register("given")

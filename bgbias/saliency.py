@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from .evaluate import Audit, chw, open_audit, resolve_variants
+from .evaluate import Audit, AuditConfig, chw, open_audit, resolve_variants
 from .io import read_image, read_mask, write_png
 from .layout import find_mask, list_items, safe_join, sanitize_name
 from .models import LoadedModel
@@ -33,13 +33,9 @@ METHODS = ("gradcam", "input_grad")
 
 
 @dataclass(frozen=True)
-class SaliencyConfig:
+class SaliencyConfig(AuditConfig):
     """Everything that decides a saliency result; saved into ``saliency.json``."""
 
-    model: str
-    data: str
-    weights: str | None = None
-    label_map: str | None = None
     variants: tuple[str, ...] | None = None       # None = every variant folder present
     methods: tuple[str, ...] = METHODS
     layer: str | None = None                      # Grad-CAM layer; None = last Conv2d
@@ -47,15 +43,6 @@ class SaliencyConfig:
     max_images: int = 64                          # per variant (seeded subset of ids, same ids in every variant)
     overlays: int = 4                             # overlay PNGs per variant and method
     batch_size: int = 32
-    workers: int = 0
-    device: str | None = None
-    preprocess: str | None = None
-    mean: tuple[float, ...] | None = None
-    std: tuple[float, ...] | None = None
-    size: tuple[int, ...] | None = None
-    trust: bool = False
-    seed: int = 0
-    progress: bool = True
 
 
 def find_layer(module: nn.Module, name: str | None) -> nn.Module:

@@ -11,6 +11,8 @@ plugins the registry imports on first use: the built-in readers (``digits``, ``m
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import importlib.util
 from typing import Iterable, Sequence
 
@@ -26,7 +28,7 @@ _PLUGINS = ("bgbias.sources_readers",) + tuple(
 SOURCES: Registry = Registry("source", plugins=_PLUGINS)
 
 
-class Source:
+class Source(ABC):
     """Base class: indexed labelled images. Subclasses set ``spec``, ``classes``, ``_ids``, ``_labels``."""
 
     spec: str = ""
@@ -48,8 +50,9 @@ class Source:
         """Class index per sample (cheap: no decoding)."""
         return list(self._labels)
 
+    @abstractmethod
     def load(self, i: int) -> Sample:
-        raise NotImplementedError
+        """Decode sample ``i``; raises BadSample with a reason for a file that cannot be used."""
 
     def describe(self) -> dict:
         """JSON-able summary for manifests."""
