@@ -17,9 +17,9 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bgbias.augment import BackgroundSwap  # noqa: E402
-from bgbias.nets import create_arch  # noqa: E402
-from bgbias.sample import Sample  # noqa: E402
+from bgbias.core.sample import Sample
+from bgbias.models.nets import create_arch
+from bgbias.train.augment import BackgroundSwap
 
 MIXES = {"color,mean,other_sample": {"color": 1, "mean": 1, "other_sample": 1},
          "texture (all six)": {"texture": 1},

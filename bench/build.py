@@ -1,7 +1,7 @@
 """Benchmark ``bgbias build``: the 8 IN-9 variants at 224x224 from generated images vs a plain per-image loop.
 
 Run: ``python bench/build.py`` (``--n 500`` images, ``--quick`` for 100). Prints images/s of
-``bgbias.build.build`` (one worker, one thread) and of a naive PIL/numpy loop that writes the
+``bgbias.synth.build.build`` (one worker, one thread) and of a naive PIL/numpy loop that writes the
 same files (same variants, same pairing, PIL's default PNG, everything recomputed per
 variant), both per CPU-second (fair on a busy machine) and per wall-second, and the ratio.
 Each run is a fresh process; the two are interleaved for ``--rounds`` rounds and the median
@@ -24,7 +24,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from bgbias.layout import IN9_VARIANTS as IN9
+from bgbias.core.layout import IN9_VARIANTS as IN9
 
 
 def make_images(root: Path, n: int, h: int = 256, w: int = 320, classes: int = 9) -> tuple[Path, Path]:
@@ -50,8 +50,8 @@ def run_bgbias(images: Path, masks: Path, out: Path, n: int) -> dict:
     """One build in this process; returns timings and peak RSS growth."""
     import torch
 
-    from bgbias.build import BuildConfig, build
-    from bgbias.sources import SubsetSource, create_source
+    from bgbias.sources.base import SubsetSource, create_source
+    from bgbias.synth.build import BuildConfig, build
 
     torch.set_num_threads(1)
     src = create_source(f"folder:{images}", masks=str(masks))

@@ -29,13 +29,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bgbias.challenge import ChallengeConfig, run_challenge
-from bgbias.compose import compose
-from bgbias.io import read_image, read_mask, write_npy, write_png
-from bgbias.layout import class_dirname, find_mask, list_items
-from bgbias.models import LoadedModel
-from bgbias.nets import SmallCNN
-from bgbias.seeding import numpy_rng, torch_generator
+from bgbias.audit.challenge import ChallengeConfig, run_challenge
+from bgbias.core.compose import compose
+from bgbias.core.io import read_image, read_mask, write_npy, write_png
+from bgbias.core.layout import class_dirname, find_mask, list_items
+from bgbias.core.seeding import numpy_rng, torch_generator
+from bgbias.models.load import LoadedModel
+from bgbias.models.nets import SmallCNN
 
 HUES = np.array([[230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48],
                  [145, 30, 180], [70, 240, 240], [240, 50, 230], [210, 245, 60], [0, 128, 128]], dtype=np.float32)

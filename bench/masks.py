@@ -23,13 +23,14 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
-from bgbias import masks  # noqa: E402
-from bgbias.annotations import parse_voc_xml  # noqa: E402
-from bgbias.io import read_mask  # noqa: E402
-from bgbias.masks import with_masks  # noqa: E402
-from bgbias.masks_run import quality_summary, run_masks  # noqa: E402
-from bgbias.sources import create_source  # noqa: E402
 from test_masks import ListSource, scene  # noqa: E402
+
+import bgbias.masks.methods as masks
+from bgbias.core.io import read_mask
+from bgbias.masks.run import quality_summary, run_masks
+from bgbias.sources.annotated import parse_voc_xml
+from bgbias.sources.base import create_source
+from bgbias.sources.masked import with_masks
 
 
 class BigScenes(ListSource):

@@ -6,7 +6,7 @@ The MNIST test file (10,000 digits): the first 8,000 train, the last 2,000 test.
 the digits on their clean background (black, as in the paper; ``--digit-background plain`` for
 bgbias's muted per-sample colour). Test images paste each digit (its stroke mask) onto the
 stripes, board, border, circles, clock and random (Bernoulli noise) textures of
-:mod:`bgbias.backgrounds`; bg-augment uses colour + mean + other-sample backgrounds only, and
+:mod:`bgbias.synth.backgrounds`; bg-augment uses colour + mean + other-sample backgrounds only, and
 the adversarial recipe only its own generator, so no recipe sees a test texture.
 Stage 1 of the adversarial recipe (train f on clean digits) is the baseline run itself
 (``--pretrained baseline/model.pt --clean-epochs 0``); ``adversarial-true-masks`` is the paper's
@@ -27,13 +27,15 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bgbias.backgrounds import create_background  # noqa: E402
-from bgbias.checkpoint import load_checkpoint  # noqa: E402
-from bgbias.compose import compose  # noqa: E402
-from bgbias.nets import create_arch  # noqa: E402
-from bgbias.seeding import torch_generator  # noqa: E402
-from bgbias.sources import create_source  # noqa: E402
-from bgbias.train import TrainConfig, TrainData, train  # noqa: E402
+from bgbias.core.compose import compose
+from bgbias.core.seeding import torch_generator
+from bgbias.models.checkpoint import load_checkpoint
+from bgbias.models.nets import create_arch
+from bgbias.sources.base import create_source
+from bgbias.synth.backgrounds import create_background
+from bgbias.train.config import TrainConfig
+from bgbias.train.data import TrainData
+from bgbias.train.loop import train
 
 TESTS = [("Stripes", "texture:stripes"), ("Board", "texture:board"), ("Border", "texture:border"),
          ("Circles", "texture:circles"), ("Clock", "texture:clock"), ("Random", "texture:noise")]

@@ -7,7 +7,7 @@
 Steps (each one library call; all randomness from ``--seed``):
 
 1. split the source into a training and a test part (seeded, disjoint ids);
-2. build both with class-correlated backgrounds of known strength (:class:`~bgbias.sources.SpuriousSource`,
+2. build both with class-correlated backgrounds of known strength (:class:`~bgbias.sources.base.SpuriousSource`,
    ``rho`` = 0.9: class c sits on its own background family 90% of the time). The test build holds
    all 8 IN-9 variants plus colour and texture variants; the training build holds ``original``
    (and ``mixed_rand``, what the ``mixed-rand`` recipe trains on);
@@ -29,9 +29,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from .seeding import numpy_rng
-from .sources import SubsetSource, create_source
-from .variants import IN9_VARIANTS
+from bgbias.core.layout import IN9_VARIANTS
+from bgbias.core.seeding import numpy_rng
+from bgbias.sources.base import SubsetSource, create_source
 
 EXTRA_VARIANTS = ("color:red", "color:blue", "color:#808080", "texture:stripes", "texture:board", "texture:noise")
 MITIGATIONS = ("mixed-rand", "bg-augment")
@@ -94,10 +94,9 @@ def split_indices(labels: Sequence[int], n_train: int, n_test: int, seed: int) -
 
 def build_key(cfg: DemoConfig) -> str:
     """Folder name for the builds of this config: a rerun reuses them, another config (``--quick``) gets its own."""
-    from .layout import sanitize_name
-    from .seeding import derive_seed
-
-    from . import __version__
+    from bgbias.core.layout import sanitize_name
+    from bgbias.core.seeding import derive_seed
+    from bgbias.core.version import __version__
 
     # the version (and a format tag bumped when the builds' source description changes) is part of the key:
     # build() refuses a folder holding a build made differently, and the demo should rebuild, not fail
@@ -128,13 +127,14 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict[str, Any]:
     """Run every step into ``cfg.out`` and return the ``results.json`` dict (report + demo section)."""
     import torch
 
-    from .build import BuildConfig, build
-    from .challenge import ChallengeConfig, run_challenge
-    from .evaluate import EvalConfig, evaluate
-    from .io import write_json
-    from .models import resolve_device
-    from .report import write_report
-    from .train import TrainConfig, train
+    from bgbias.audit.challenge import ChallengeConfig, run_challenge
+    from bgbias.audit.evaluate import EvalConfig, evaluate
+    from bgbias.core.io import write_json
+    from bgbias.models.load import resolve_device
+    from bgbias.report.write import write_report
+    from bgbias.synth.build import BuildConfig, build
+    from bgbias.train.config import TrainConfig
+    from bgbias.train.loop import train
 
     cfg.validate()
     out = Path(cfg.out)
@@ -192,8 +192,8 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict[str, Any]:
 
 def _saliency(spec: str, data: Path, run: Path, cfg: DemoConfig, device: str, progress: bool) -> Path:
     """Saliency of one model on original, Only-FG and Mixed-Rand into ``run/saliency.json`` (+ overlay PNGs)."""
-    from .io import write_json
-    from .saliency import SaliencyConfig, run_saliency
+    from bgbias.audit.saliency import SaliencyConfig, run_saliency
+    from bgbias.core.io import write_json
 
     res = run_saliency(SaliencyConfig(model=spec, data=str(data), variants=("original", "only_fg", "mixed_rand"),
                                       max_images=cfg.saliency_images, seed=cfg.seed, device=device,

@@ -1,4 +1,4 @@
-"""Small IN-9 layouts for the eval / challenge / saliency tests, written with bgbias.io, plus tiny fixed models.
+"""Small IN-9 layouts for the eval / challenge / saliency tests, written with bgbias.core.io, plus tiny fixed models.
 
 ``colour_layout`` makes images whose class is a colour channel: a square
 foreground of the class colour on a background of some class colour. With
@@ -14,8 +14,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from bgbias.io import write_npy, write_png
-from bgbias.layout import class_dirname
+from bgbias.core.io import write_npy, write_png
+from bgbias.core.layout import class_dirname
 
 CLASSES = ["red", "green", "blue"]
 

@@ -11,8 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from bgbias.sample import Sample
-from bgbias.sources import Source
+from bgbias.core.sample import Sample
+from bgbias.sources.base import Source
 
 # Tests run on busy shared cores: one intra-op thread keeps tiny tensor ops in microseconds.
 torch.set_num_threads(1)
@@ -62,7 +62,7 @@ def array_source() -> ArraySource:
 @pytest.fixture(scope="session")
 def digits_source():
     """60 scikit-learn digits (6 per class), 32x32."""
-    from bgbias.sources import SubsetSource, create_source
+    from bgbias.sources.base import SubsetSource, create_source
 
     base = create_source("digits")
     labels = base.labels()

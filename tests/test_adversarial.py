@@ -4,9 +4,17 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bgbias.adversarial import (AdversarialBackgrounds, BackgroundGenerator, MaskUNet, area_prior, binarize,
-                                mask_iou)
-from bgbias.train import TrainConfig, TrainData, load_data, train
+from bgbias.train.adversarial import (
+    AdversarialBackgrounds,
+    BackgroundGenerator,
+    MaskUNet,
+    area_prior,
+    binarize,
+    mask_iou,
+)
+from bgbias.train.config import TrainConfig
+from bgbias.train.data import TrainData, load_data
+from bgbias.train.loop import train
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +78,7 @@ def test_true_masks_and_generator_step_raises_the_loss(digits):
     x = digits.images[:64].float() / 255
     m = digits.masks[:64].float().unsqueeze(1) / 255
     y = digits.labels[:64]
-    from bgbias.compose import compose
+    from bgbias.core.compose import compose
 
     def loss_now() -> float:
         aug.gen.train()

@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 from PIL import Image
 from pycocotools import mask as mask_utils
-
-from bgbias import masks
-from bgbias.annotations import ImageNetSource, VOCSource, load_boxes, parse_voc_xml
-from bgbias.annotations_coco import CocoSource
-from bgbias.sample import BadSample
-from bgbias.sources import create_source
-
 from test_masks import iou, scene
+
+import bgbias.masks.methods as masks
+from bgbias.core.boxes import load_boxes
+from bgbias.core.sample import BadSample
+from bgbias.sources.annotated import ImageNetSource, VOCSource, parse_voc_xml
+from bgbias.sources.base import create_source
+from bgbias.sources.coco import CocoSource
 
 
 def voc_xml(filename, w, h, objects):

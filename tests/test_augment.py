@@ -6,7 +6,13 @@ import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from bgbias.augment import (BackgroundSwap, families_seen, fill_foreground, parse_families, swap_kernel)
+from bgbias.train.augment import (
+    BackgroundSwap,
+    families_seen,
+    fill_foreground,
+    parse_families,
+    swap_kernel,
+)
 
 FAMILIES = ["color", "color:red", "mean", "mean_color", "texture", "texture:stripes", "texture:noise:0.5",
             "other_sample", "same_class", "next_class"]
@@ -27,7 +33,7 @@ def make_batch(n: int = 12, size: int = 24, seed: int = 0):
 
 
 def fitted(families, **kw) -> BackgroundSwap:
-    from bgbias.sample import Sample
+    from bgbias.core.sample import Sample
 
     aug = BackgroundSwap(families, **kw)
     images, masks, labels = make_batch()

@@ -4,9 +4,15 @@ import pytest
 import torch
 from PIL import Image
 
-from bgbias.backgrounds import create_background, list_backgrounds, only_bg_t, parse_color, resize_crop
-from bgbias.textures import TEXTURES, register_texture
-from bgbias.sample import BadSample, Sample
+from bgbias.core.sample import BadSample, Sample
+from bgbias.synth.backgrounds import (
+    create_background,
+    list_backgrounds,
+    only_bg_t,
+    parse_color,
+    resize_crop,
+)
+from bgbias.synth.textures import TEXTURES, register_texture
 
 
 def _gen(seed=0):

@@ -11,9 +11,10 @@ import shutil
 from pathlib import Path
 
 import pytest
-
-from bgbias.report import SECTIONS, write_report
 from test_report import EVIL, write_fixture
+
+from bgbias.report.page import SECTIONS
+from bgbias.report.write import write_report
 
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install -e '.[test]')")
 

@@ -6,12 +6,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-
-from bgbias.build import PARTIAL, BuildConfig, build, fit_sample, parse_size
-from bgbias.cli import main
-from bgbias.sample import Sample
-
 from conftest import ArraySource, make_image_and_mask
+
+from bgbias.cli import main
+from bgbias.core.sample import Sample
+from bgbias.synth.build import PARTIAL, BuildConfig, build, parse_size
+from bgbias.synth.build_worker import fit_sample
 
 VARIANTS = ("in9", "texture:stripes", "color:red", "mean")
 
@@ -133,7 +133,7 @@ def test_a_different_build_in_the_same_folder_is_refused(built, digits_source, t
 
 def test_bad_inputs_are_skipped_counted_and_named(bad_folder, tmp_path):
     images, masks = bad_folder
-    from bgbias.sources import create_source
+    from bgbias.sources.base import create_source
 
     m = build(create_source(f"folder:{images}", masks=str(masks)), tmp_path / "o",
               BuildConfig(variants=("in9",)), progress=False)

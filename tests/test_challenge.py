@@ -4,16 +4,16 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import _layouts as L
 import numpy as np
 import pytest
 import torch
 
-import _layouts as L
-from bgbias.challenge import ChallengeConfig, run_challenge
-from bgbias.io import read_image, read_mask
-from bgbias.layout import find_mask, list_items
-from bgbias.models import LoadedModel
-from bgbias.nets import SmallCNN
+from bgbias.audit.challenge import ChallengeConfig, run_challenge
+from bgbias.core.io import read_image, read_mask
+from bgbias.core.layout import find_mask, list_items
+from bgbias.models.load import LoadedModel
+from bgbias.models.nets import SmallCNN
 
 torch.set_num_threads(1)
 
@@ -219,7 +219,7 @@ def test_normalised_and_resized_pipeline_equals_exhaustive(tmp_path, size):
     """
     import torch.nn.functional as F
 
-    from bgbias.models import IN9_MEAN, IN9_STD
+    from bgbias.models.load import IN9_MEAN, IN9_STD
 
     root = L.random_layout(tmp_path / "d", seed=11)
     model = random_cnn(11)

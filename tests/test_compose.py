@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from bgbias.compose import compose, compose_np
+from bgbias.core.compose import compose, compose_np
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 

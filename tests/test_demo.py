@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from bgbias.demo import DemoConfig, build_key, run_demo, split_indices, summary_lines
-from bgbias.report import SECTIONS
+from bgbias.report.page import SECTIONS
 
 
 @pytest.fixture(scope="module")

@@ -4,16 +4,17 @@ from __future__ import annotations
 import json
 import shutil
 
+import _layouts as L
 import numpy as np
 import pytest
 import torch
 
-import _layouts as L
-from bgbias.checkpoint import save_checkpoint
+from bgbias.audit.core import bootstrap_ci
+from bgbias.audit.evaluate import EvalConfig, evaluate, format_table, seen_in_training
 from bgbias.cli import main
-from bgbias.evaluate import EvalConfig, bootstrap_ci, evaluate, format_table, seen_in_training
-from bgbias.models import LoadedModel
-from bgbias.nets import SmallCNN
+from bgbias.models.checkpoint import save_checkpoint
+from bgbias.models.load import LoadedModel
+from bgbias.models.nets import SmallCNN
 
 torch.set_num_threads(1)
 MODEL = "module:_layouts:mean_colour"

@@ -6,9 +6,19 @@ import pytest
 import torch
 from PIL import Image
 
-from bgbias import checkpoint, io, layout, seeding
-from bgbias.nets import create_arch, list_archs
-from bgbias.sample import BadSample, Sample, check_mask_usable, mask_box, to_mask, to_rgb_uint8
+import bgbias.core.io as io
+import bgbias.core.layout as layout
+import bgbias.core.seeding as seeding
+import bgbias.models.checkpoint as checkpoint
+from bgbias.core.sample import (
+    BadSample,
+    Sample,
+    check_mask_usable,
+    mask_box,
+    to_mask,
+    to_rgb_uint8,
+)
+from bgbias.models.nets import create_arch, list_archs
 
 
 @pytest.mark.parametrize("mode,shape", [("L", (5, 7)), ("RGBA", (5, 7, 4)), ("P", (5, 7)), ("I;16", (5, 7)),

@@ -6,7 +6,12 @@ import json
 import pytest
 import torch
 
-from bgbias.labelmap import IN9_CLASSES, OUTSIDE, imagenet_to_in9_table, load_label_map
+from bgbias.models.labelmap import (
+    IN9_CLASSES,
+    OUTSIDE,
+    imagenet_to_in9_table,
+    load_label_map,
+)
 
 
 @pytest.mark.parametrize("index, in9", [(0, 8), (6, 8), (7, 1), (24, 1), (25, OUTSIDE), (33, 3), (68, 3),

@@ -7,13 +7,20 @@ import numpy as np
 import pytest
 import torch
 
-from bgbias import masks
+import bgbias.masks.methods as masks
 from bgbias.cli._mask_options import add_mask_arguments, source_from_args
-from bgbias.masks import (BoxRules, GrabCutMask, MaskCache, create_mask_method, grabcut_from_boxes, list_mask_methods,
-                          with_masks)
-from bgbias.masks_run import quality_summary, run_masks
-from bgbias.masks_model import ModelMask
-from bgbias.sample import BadSample, Sample
+from bgbias.core.boxes import BoxRules
+from bgbias.core.sample import BadSample, Sample
+from bgbias.masks.cache import MaskCache
+from bgbias.masks.methods import (
+    GrabCutMask,
+    create_mask_method,
+    grabcut_from_boxes,
+    list_mask_methods,
+)
+from bgbias.masks.model import ModelMask
+from bgbias.masks.run import quality_summary, run_masks
+from bgbias.sources.masked import with_masks
 
 
 def scene(seed: int, h: int = 120, w: int = 160):
@@ -260,7 +267,7 @@ def test_run_masks_same_records_with_one_or_two_workers(tmp_path):
     src = with_masks(ListSource(4), "grabcut", cache=False)
     one, two = run_masks(src, tmp_path / "a", 1), run_masks(src, tmp_path / "b", 2)
     assert one == two and [r["id"] for r in one] == ["s0", "s1", "s2", "s3"]
-    assert masks.run_masks is run_masks and masks.write_masks.__module__ == "bgbias.masks_run"   # re-exported
+    assert run_masks.__module__ == "bgbias.masks.run"
     saved = np.load(tmp_path / "a" / "fg_mask" / "val" / "00_thing" / "s0.npy")
     assert saved.dtype == np.float32 and np.array_equal(saved, src.load(0).mask)
 
@@ -276,7 +283,7 @@ def _folder_with_boxes(tmp_path):
 
 
 def test_source_from_args_wraps_a_folder_with_boxes_and_grabcut(tmp_path):
-    pytest.importorskip("bgbias.sources")
+    pytest.importorskip("bgbias.sources.base")
     imgs, boxes = _folder_with_boxes(tmp_path)
     p = argparse.ArgumentParser()
     p.add_argument("source")
@@ -292,7 +299,7 @@ def test_source_from_args_wraps_a_folder_with_boxes_and_grabcut(tmp_path):
 
 
 def test_masks_command_writes_masks_and_summary(tmp_path, capsys):
-    pytest.importorskip("bgbias.sources")
+    pytest.importorskip("bgbias.sources.base")
     from bgbias.cli import main
     imgs, boxes = _folder_with_boxes(tmp_path)
     rc = main(["masks", f"folder:{imgs}", "--out", str(tmp_path / "out"), "--masks-from", "grabcut",

@@ -6,9 +6,16 @@ import io
 import pytest
 import torch
 
-from bgbias.checkpoint import save_checkpoint
-from bgbias.models import IN9_MEAN, IN9_STD, LoadedModel, Preprocess, load_model, make_preprocess
-from bgbias.nets import SmallCNN
+from bgbias.models.checkpoint import save_checkpoint
+from bgbias.models.load import (
+    IN9_MEAN,
+    IN9_STD,
+    LoadedModel,
+    Preprocess,
+    load_model,
+    make_preprocess,
+)
+from bgbias.models.nets import SmallCNN
 
 torch.set_num_threads(1)
 
@@ -74,7 +81,7 @@ def test_unsafe_pickle_is_refused_with_how_to_allow(tmp_path):
 
 
 def test_module_factory_spec():
-    lm = load_model("module:bgbias.nets:small_cnn", num_classes=4)
+    lm = load_model("module:bgbias.models.nets:small_cnn", num_classes=4)
     assert lm.logits(x()).shape == (2, 4)
 
 

@@ -1,7 +1,7 @@
 """Registry: registration, wildcard listing with natural sort, spec parsing, clear errors."""
 import pytest
 
-from bgbias.registry import Registry, natural_key, parse_spec
+from bgbias.core.registry import Registry, natural_key, parse_spec
 
 
 def make_registry() -> Registry:

@@ -1,4 +1,4 @@
-"""Tests for bgbias.report / bgbias.plots: hand-written result files that follow docs/ARCHITECTURE.md exactly."""
+"""Tests for bgbias.report.write / bgbias.report.figures: hand-written result files that follow docs/ARCHITECTURE.md exactly."""
 from __future__ import annotations
 
 import base64
@@ -13,9 +13,11 @@ import pytest
 from PIL import Image
 
 from bgbias.cli import main as cli_main
-from bgbias.io import write_json, write_png
-from bgbias.layout import class_dirname
-from bgbias.report import SECTIONS, load_inputs, write_report
+from bgbias.core.io import write_json, write_png
+from bgbias.core.layout import class_dirname
+from bgbias.report.inputs import load_inputs
+from bgbias.report.page import SECTIONS
+from bgbias.report.write import write_report
 
 EVIL = "<script>alert(1)</script>"
 CLASSES = ["zero", EVIL, "two"]
@@ -190,7 +192,7 @@ def test_figures_saved_for_readme(report):
 
 
 def test_path_outside_the_run_folder_is_not_read(tmp_path):
-    from bgbias.plots import image_at
+    from bgbias.report.figures import image_at
 
     secret = tmp_path / "secret.png"
     write_png(secret, np.full((4, 4, 3), 7, np.uint8))
@@ -241,8 +243,7 @@ def test_cli(tmp_path, capsys):
 
 def test_thumbnails_are_found(tmp_path):
     """Fooling backgrounds (best per class) are found in their class folder or by id; overlays next to saliency.json."""
-    from bgbias.plots import image_at
-    from bgbias.plots import fooling_rows, saliency_rows
+    from bgbias.report.figures import fooling_rows, image_at, saliency_rows
 
     inputs = load_inputs(write_fixture(tmp_path))
     fool = fooling_rows(inputs)

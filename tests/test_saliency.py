@@ -3,14 +3,14 @@ from __future__ import annotations
 
 import json
 
+import _layouts as L
 import pytest
 import torch
 from torch import nn
 
-import _layouts as L
+from bgbias.audit.saliency import SaliencyConfig, run_saliency
 from bgbias.cli import main
-from bgbias.models import LoadedModel
-from bgbias.saliency import SaliencyConfig, run_saliency
+from bgbias.models.load import LoadedModel
 
 torch.set_num_threads(1)
 

@@ -4,11 +4,11 @@ import struct
 
 import numpy as np
 import pytest
-
-from bgbias.sample import BadSample
-from bgbias.sources import SpuriousSource, SubsetSource, create_source, list_sources, unique_ids
-
 from conftest import make_image_and_mask
+
+from bgbias.core.sample import BadSample
+from bgbias.sources.base import SubsetSource, create_source, list_sources, unique_ids
+from bgbias.synth.spurious import SpuriousSource
 
 
 def test_digits_source_is_cheap_stable_and_well_formed():
@@ -111,7 +111,7 @@ def test_unknown_source_and_wrong_option_errors_list_valid_names():
 
 
 def test_builtin_readers_load_in_a_fresh_process_that_imports_them_first():
-    """A pool worker unpickles a reader before anything imported bgbias.sources (the plugin has no import cycle)."""
+    """A pool worker unpickles a reader before anything imported bgbias.sources.base (the plugin has no import cycle)."""
     import pickle
     import subprocess
     import sys

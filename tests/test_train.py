@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from bgbias.nets import create_arch
-from bgbias.seeding import torch_generator
-from bgbias.train import TrainConfig, TrainData, load_data, train
+from bgbias.core.seeding import torch_generator
+from bgbias.models.nets import create_arch
+from bgbias.train.config import TrainConfig
+from bgbias.train.data import TrainData, load_data
+from bgbias.train.loop import train
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +63,7 @@ def test_bg_augment_learns_and_checkpoint_round_trips(digits, tmp_path):
     vd = TrainData(digits.images[val], None, digits.labels[val], [], digits.classes, [])
     assert val_accuracy(model, meta, vd) == pytest.approx(metrics["final"]["val_accuracy"], abs=1e-6)
     # bgbias eval's loader rebuilds the same network and preprocessing from the file
-    from bgbias.models import load_model
+    from bgbias.models.load import load_model
 
     loaded = load_model(f"checkpoint:{tmp_path / 'run' / 'model.pt'}")
     x = digits.images[:8].float() / 255.0
@@ -88,8 +90,8 @@ def test_resume_gives_the_same_weights(digits, tmp_path):
 
 
 def _write_build_dir(root: Path, d: TrainData) -> None:
-    from bgbias.io import write_npy, write_png
-    from bgbias.layout import class_dirname
+    from bgbias.core.io import write_npy, write_png
+    from bgbias.core.layout import class_dirname
 
     for i in range(len(d.labels)):
         cls = class_dirname(int(d.labels[i]), d.classes[int(d.labels[i])], len(d.classes))

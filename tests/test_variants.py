@@ -2,14 +2,22 @@
 
 import numpy as np
 import pytest
-
-from bgbias.backgrounds import box_mask, only_bg_t
-from bgbias.registry import Spec
-from bgbias.sample import Sample
-from bgbias.variants import (IN9_VARIANTS, VARIANTS, Variant, create_variant, list_variants, parse_variant_name,
-                             plan_pairing, render_variants, resolve_variants)
-
 from conftest import make_image_and_mask
+
+from bgbias.core.layout import IN9_VARIANTS
+from bgbias.core.registry import Spec
+from bgbias.core.sample import Sample
+from bgbias.synth.backgrounds import box_mask, only_bg_t
+from bgbias.synth.variants import (
+    VARIANTS,
+    Variant,
+    create_variant,
+    list_variants,
+    parse_variant_name,
+    plan_pairing,
+    render_variants,
+    resolve_variants,
+)
 
 
 def _partner():

@@ -1,13 +1,14 @@
 """CLI glue shared by ``bgbias build`` and ``bgbias masks``: the mask/annotation options and the source they name.
 
 Not a command (the leading underscore keeps ``cli/__init__`` from registering it); the
-library calls are :func:`bgbias.masks.with_masks` and :func:`bgbias.sources.create_source`.
+library calls are :func:`bgbias.masks.methods.with_masks` and :func:`bgbias.sources.base.create_source`.
 """
 from __future__ import annotations
 
 from typing import Any
 
-from bgbias.masks import list_mask_methods, with_masks
+from bgbias.masks.methods import list_mask_methods
+from bgbias.sources.masked import with_masks
 
 ANNOTATION_FAMILIES = ("voc", "imagenet", "coco")
 
@@ -60,7 +61,7 @@ def source_from_args(args: Any, spec: str | None = None) -> Any:
     Annotation families (voc, imagenet, coco) take the options themselves (and reject ones
     they do not use); any other source is wrapped by :func:`with_masks` when a mask option is given.
     """
-    from bgbias.sources import create_source
+    from bgbias.sources.base import create_source
     spec = spec or args.source
     family = spec.partition(":")[0]
     opts = {k: getattr(args, k, None) for k in ("classes", "foreground", "min_area", "boxes", "box_mode",

@@ -7,8 +7,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ..labelmap import BUILTIN
-from ..models import PRESETS
+from bgbias.models.labelmap import BUILTIN
+from bgbias.models.load import PRESETS
 
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:

@@ -1,15 +1,15 @@
-"""``bgbias build SOURCE --out OUT``: write the IN-9 layout of any source (one call to :func:`bgbias.build.build`)."""
+"""``bgbias build SOURCE --out OUT``: write the IN-9 layout of any source (one call to :func:`bgbias.synth.build.build`)."""
 from __future__ import annotations
 
 import os
 
-from bgbias.executors import EXECUTORS
+from bgbias.core.executors import EXECUTORS
 
 
 def _source(args):
     """The source named on the command line, with given masks (--masks) or a mask method (--masks-from ...)."""
     from bgbias.cli._mask_options import source_from_args
-    from bgbias.sources import create_source
+    from bgbias.sources.base import create_source
 
     if args.masks:
         if getattr(args, "masks_from", None):
@@ -19,8 +19,8 @@ def _source(args):
 
 
 def build_command(args) -> int:
-    from bgbias.build import BuildConfig, build, parse_size
-    from bgbias.sources import DEFAULT_SPURIOUS_FAMILIES
+    from bgbias.synth.build import BuildConfig, build, parse_size
+    from bgbias.synth.spurious import DEFAULT_SPURIOUS_FAMILIES
 
     families = tuple(f.strip() for f in args.spurious_families.split(",") if f.strip()) \
         if args.spurious_families else DEFAULT_SPURIOUS_FAMILIES
@@ -38,8 +38,9 @@ def build_command(args) -> int:
 
 
 def register(sub) -> None:
-    from bgbias.sources import DEFAULT_SPURIOUS_FAMILIES, list_sources
-    from bgbias.variants import list_variants
+    from bgbias.sources.base import list_sources
+    from bgbias.synth.spurious import DEFAULT_SPURIOUS_FAMILIES
+    from bgbias.synth.variants import list_variants
 
     p = sub.add_parser("build", help="build IN-9-style background variants of a dataset",
                        description="Write OUT/<variant>/val/<NN_class>/<id>.png, OUT/fg_mask/val/... and "

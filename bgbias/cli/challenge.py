@@ -8,8 +8,8 @@ from ._model_options import add_model_arguments, model_kwargs
 
 
 def challenge_command(args: argparse.Namespace) -> int:
-    from ..challenge import ChallengeConfig, run_challenge
-    from ..io import write_json
+    from bgbias.audit.challenge import ChallengeConfig, run_challenge
+    from bgbias.core.io import write_json
 
     kw = {k: v for k, v in dict(max_backgrounds=args.max_backgrounds, top_k=args.top_k, fool_subset=args.fool_subset,
                                 state=args.state, active=args.active).items() if v is not None}

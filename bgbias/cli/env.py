@@ -10,7 +10,7 @@ def env_command(args) -> int:
     import torch
     import torchvision
 
-    from bgbias import __version__
+    from bgbias.core.version import __version__
 
     rows = {"bgbias": __version__, "python": platform.python_version(), "platform": platform.platform(),
             "torch": torch.__version__, "torchvision": torchvision.__version__, "numpy": numpy.__version__,

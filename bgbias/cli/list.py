@@ -5,10 +5,10 @@ KINDS = ("variants", "backgrounds", "sources", "archs")
 
 
 def list_command(args) -> int:
-    from bgbias.backgrounds import list_backgrounds
-    from bgbias.nets import list_archs
-    from bgbias.sources import list_sources
-    from bgbias.variants import list_variants
+    from bgbias.models.nets import list_archs
+    from bgbias.sources.base import list_sources
+    from bgbias.synth.backgrounds import list_backgrounds
+    from bgbias.synth.variants import list_variants
 
     listers = {"variants": lambda p: list_variants(p, subset=args.subset), "backgrounds": list_backgrounds,
                "sources": list_sources, "archs": list_archs}

@@ -6,7 +6,7 @@ import os
 
 def masks_command(args) -> int:
     from bgbias.cli._mask_options import source_from_args
-    from bgbias.masks_run import format_summary, write_masks
+    from bgbias.masks.run import format_summary, write_masks
 
     summary = write_masks(source_from_args(args), args.out, workers=args.workers)
     print(format_summary(summary))

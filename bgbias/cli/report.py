@@ -3,7 +3,7 @@ from __future__ import annotations
 
 
 def report_command(args) -> int:
-    from bgbias.report import write_report
+    from bgbias.report.write import write_report
 
     names = [n.strip() for n in args.names.split(",")] if args.names else None
     results = write_report(args.inputs, args.out, results_path=args.results, figures_dir=args.figures,

@@ -7,8 +7,8 @@ from ._model_options import add_model_arguments, model_kwargs, split_list
 
 
 def saliency_command(args: argparse.Namespace) -> int:
-    from ..io import write_json
-    from ..saliency import SaliencyConfig, run_saliency
+    from bgbias.audit.saliency import SaliencyConfig, run_saliency
+    from bgbias.core.io import write_json
 
     kw = {k: v for k, v in dict(
         variants=split_list(args.variants), methods=split_list(args.methods) if args.methods else None, layer=args.layer, target=args.target,
@@ -26,7 +26,7 @@ def saliency_command(args: argparse.Namespace) -> int:
 
 
 def register(sub) -> None:
-    from ..saliency import METHODS
+    from bgbias.audit.saliency import METHODS
 
     p = sub.add_parser("saliency", help="share of Grad-CAM / input-gradient attribution on the foreground mask")
     add_model_arguments(p)

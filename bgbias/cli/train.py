@@ -1,9 +1,9 @@
-"""``bgbias train``: train a classifier with a background-bias mitigation recipe (one call to :func:`bgbias.train.train`)."""
+"""``bgbias train``: train a classifier with a background-bias mitigation recipe (one call to :func:`bgbias.train.loop.train`)."""
 from __future__ import annotations
 
 import argparse
 
-from bgbias.recipes import OPTIMIZERS, SCHEDULES, TrainConfig
+from bgbias.train.config import OPTIMIZERS, SCHEDULES, TrainConfig
 
 
 def _limit(text: str) -> float | None:
@@ -11,7 +11,7 @@ def _limit(text: str) -> float | None:
 
 
 def train_command(args: argparse.Namespace) -> int:
-    from bgbias.train import train
+    from bgbias.train.loop import train
 
     families = tuple(f.strip() for f in args.families.split(",") if f.strip())
     size = None if args.size is None else (args.size[0], args.size[-1])
@@ -24,8 +24,8 @@ def train_command(args: argparse.Namespace) -> int:
 
 
 def register(sub) -> None:
-    from bgbias.nets import list_archs
-    from bgbias.recipes import RECIPES
+    from bgbias.models.nets import list_archs
+    from bgbias.train.recipes import RECIPES
 
     d = TrainConfig()
     p = sub.add_parser("train", help="train with a mitigation recipe (baseline, bg-augment, mixed-rand, adversarial)",

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 
 def variants_command(args) -> int:
-    from bgbias.variants import describe_variants
+    from bgbias.synth.variants import describe_variants
 
     for name, tags, help_ in describe_variants(args.pattern):
         print(f"{name:<22} {tags:<9} {help_}")

@@ -1,0 +1,88 @@
+"""Resume bookkeeping of ``bgbias challenge``: the search state, its file, and what a resumed run must match.
+
+The whole search lives in one dict of numpy arrays and lists (verdicts, the
+worst background found, fool counts per class x background, the active
+foregrounds and what they tried, counters). It is saved atomically with
+``torch.save`` and loaded with ``weights_only=True``; a state file is only
+resumed when its fingerprint (result-deciding settings, model file size and
+mtime, foreground and background ids) matches, so a resumed run gives the
+same result as an uninterrupted one.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from bgbias.core.io import atomic_write_bytes
+from bgbias.core.seeding import numpy_rng
+
+UNKNOWN, ROBUST, FOOLED, SKIPPED = -1, 0, 1, -2      # per-foreground verdicts
+
+
+
+def state_file(state: str | None, out: str | os.PathLike | None) -> Path | None:
+    """``--state``, else ``OUT.state`` next to the output; None when neither is known (no resume)."""
+    return Path(state) if state else (Path(str(out) + ".state") if out else None)
+
+
+def fingerprint(cfg: Any, fg_ids: list[str], bg_ids: list[str]) -> str:
+    """What a state file must match to be resumed: result-deciding settings, model file, data ids.
+
+    ``cfg`` is a config dataclass; its class lists the fields that do not decide verdicts in
+    ``NOT_IN_FINGERPRINT`` (speed, detail, where files go).
+    """
+    skip = set(getattr(type(cfg), "NOT_IN_FINGERPRINT", ()))
+    keep = {k: v for k, v in asdict(cfg).items() if k not in skip}
+    files = []
+    for f in (cfg.weights, cfg.model.partition(":")[2]):
+        if f and os.path.isfile(f):
+            st = os.stat(f)
+            files.append([st.st_size, int(st.st_mtime)])
+    blob = json.dumps([keep, files, fg_ids, bg_ids], sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()
+
+
+def save_state(path: Path, state: dict[str, Any]) -> None:
+    """Atomically, so an interrupt mid-write leaves the previous state intact."""
+    buf = io.BytesIO()
+    torch.save({k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in state.items()}, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def load_state(path: Path, fp: str) -> dict[str, Any] | None:
+    """The saved state (None when there is no file); a damaged or foreign file is an error, not a restart."""
+    if not path.is_file():
+        return None
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any damage means "start over" is wrong; say so
+        raise ValueError(f"Challenge state file {path} is damaged ({type(e).__name__}); delete it to start over.") \
+            from None
+    if raw.get("fingerprint") != fp:
+        raise ValueError(f"Challenge state file {path} belongs to a different model, data or settings; "
+                         "delete it (or pass another --state) to start over.")
+    return {k: v.numpy() if torch.is_tensor(v) else v for k, v in raw.items()}
+
+
+def start_state(path: Path | None, fp: str, n_fg: int, n_classes: int, n_bg: int,
+                seed: int) -> dict[str, Any]:
+    """The state saved at ``path`` (it must match ``fp``) when there is one, else a fresh search with nothing decided."""
+    s = load_state(path, fp) if path else None
+    if s is None:
+        s = {"fingerprint": fp, "verdict": np.full(n_fg, UNKNOWN, np.int8),
+             "fool_bg": np.full(n_fg, -1, np.int64), "fool_pred": np.full(n_fg, -3, np.int64),
+             "fool_conf": np.zeros(n_fg, np.float32), "clean_pred": np.full(n_fg, -3, np.int64),
+             "count": np.zeros((n_classes, n_bg), np.int64), "active": [], "tried": np.zeros((0, n_bg), dtype=bool),
+             "next_fg": 0, "forwards": 0, "clean_forwards": 0, "skipped": [], "rounds": 0,
+             "shuffle": numpy_rng(seed, "challenge-order").permutation(n_bg)}
+    s["skipped"] = list(s["skipped"])
+    s["active"] = [int(a) for a in s["active"]]
+    return s

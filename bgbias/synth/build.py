@@ -1,0 +1,262 @@
+"""``bgbias build``: write the IN-9 layout (every variant, masks, manifest) for any source.
+
+Three passes over a fixed chunk plan (so output bytes do not depend on the
+worker count, the executor or the order chunks finish in):
+
+0. fit: dataset statistics for ``mean``/``mean_color`` (per-chunk float64
+   sums, reduced in chunk order), only when those variants are asked for;
+1. samples: load, resize, check, write ``fg_mask`` and every variant that
+   needs no partner; record which samples were kept and why others were dropped;
+2. mixed: plan partners among kept samples from ``(seed, id, variant)``, then
+   paste each foreground on its partner's Only-BG-T. Pass 1 leaves each
+   chunk's originals and Only-BG-T backgrounds as raw pixels in one cache file
+   per chunk (OUT/.bgbias-cache, removed at the end), so pass 2 reads them
+   with one seek instead of decoding PNGs; samples finished by an earlier run
+   have no cache entry and are read back from their PNGs (or recomputed).
+
+Every file is written atomically and skipped when it exists, so a killed build
+rerun with the same arguments completes only what is missing; the manifest is
+written last. Memory is bounded by one chunk per worker.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+from bgbias.core.executors import check_executor, map_ordered
+from bgbias.core.executors import progress as progress_bar
+from bgbias.core.io import read_json, write_json
+from bgbias.core.layout import IN9_VARIANTS, MANIFEST, class_dirname, sanitize_name
+from bgbias.core.version import __version__
+from bgbias.sources.base import Source, create_source
+from bgbias.synth.backgrounds import MeanBackground
+from bgbias.synth.build_worker import (
+    CACHE,
+    _fit_task,
+    _init_worker,
+    _mixed_task,
+    _sample_task,
+)
+from bgbias.synth.spurious import DEFAULT_SPURIOUS_FAMILIES, SpuriousSource
+from bgbias.synth.variants import Variant, plan_pairing, resolve_variants
+
+PARTIAL = ".bgbias-build.json"   # marks an unfinished build (config to compare on resume); removed at the end
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    """Everything that decides the output bytes (saved in the manifest). Workers/executor are not here: they never change the output."""
+
+    variants: tuple[str, ...] = IN9_VARIANTS
+    seed: int = 0
+    size: tuple[int, int] | None = None          # (H, W): shorter side resized, then centre crop; None keeps each size
+    spurious: float | None = None                # rho of a SpuriousSource wrapper; None = no wrapper
+    spurious_families: tuple[str, ...] = DEFAULT_SPURIOUS_FAMILIES
+    chunk_size: int = 64
+    png_compression: int = 1
+
+
+def parse_size(text: str | Sequence[int] | None) -> tuple[int, int] | None:
+    """``"224x224"`` (HxW), ``"224"`` or ``"none"`` -> (H, W) or None."""
+    if text is None or (isinstance(text, str) and text.strip().lower() in ("none", "")):
+        return None
+    if isinstance(text, str):
+        parts = text.lower().split("x")
+        if len(parts) not in (1, 2) or not all(p.strip().isdigit() for p in parts):
+            raise ValueError(f"Size {text!r} is not HxW (e.g. 224x224), a single number, or 'none'.")
+        hw = [int(p) for p in parts] * (2 // len(parts))
+    else:
+        hw = [int(v) for v in text]
+    if len(hw) != 2 or min(hw) < 1:
+        raise ValueError(f"Size {text!r} must be two positive integers (H, W).")
+    return hw[0], hw[1]
+
+
+
+
+# ---------------------------------------------------------------- worker side
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+def _map(fn: Callable, tasks: list, state: dict, workers: int, executor: str) -> Iterator:
+    return map_ordered(fn, tasks, initializer=_init_worker, initargs=(state,), workers=workers,
+                       executor=executor, preload="bgbias.synth.build_worker")
+
+
+# ---------------------------------------------------------------- the library call
+
+def _prepare_out(out: Path, identity: dict) -> None:
+    """Refuse a folder holding something else; clean temp files of a killed run; mark the build as partial."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"Output {out} exists and is not a folder.")
+    out.mkdir(parents=True, exist_ok=True)
+    identity = json.loads(json.dumps(identity, default=str))
+    previous = None
+    for name in (PARTIAL, MANIFEST):
+        if (out / name).is_file():
+            prev = read_json(out / name)
+            previous = {k: prev.get(k) for k in identity}
+            break
+    if previous is None and any(out.iterdir()):
+        raise ValueError(f"Output folder {out} is not empty and holds no bgbias build; choose an empty or new folder.")
+    if previous is not None and previous != identity:
+        diff = sorted(k for k in identity if previous.get(k) != identity[k])
+        raise ValueError(f"Output folder {out} holds a build with a different {', '.join(diff)}; "
+                         "rerun with the same arguments to resume, or choose a new folder.")
+    shutil.rmtree(out / CACHE, ignore_errors=True)
+    for root, _, files in os.walk(out):
+        for f in files:
+            if f.startswith(".") and f.endswith(".tmp"):
+                os.unlink(os.path.join(root, f))
+    write_json(out / PARTIAL, identity)
+
+
+def _reason_key(reason: str) -> str:
+    """Group reasons that differ only in file names or numbers."""
+    key = re.sub(r"\S*[./]\S*", "<file>", reason.split(" (")[0])
+    return re.sub(r"\d+", "N", key)
+
+
+def build(source: Source | str, out: str | os.PathLike, config: BuildConfig = BuildConfig(), *,
+          workers: int = 1, executor: str = "local", progress: bool = True) -> dict:
+    """Build every variant of ``source`` into ``out`` (IN-9 layout) and return the manifest.
+
+    Output bytes depend only on the source and ``config``; ``workers`` and
+    ``executor`` only change the speed. Reruns skip files that exist.
+    """
+    check_executor(executor)
+    source = create_source(source) if isinstance(source, str) else source
+    if config.spurious is not None:
+        source = SpuriousSource(source, config.spurious, config.spurious_families, config.seed)
+    variants = resolve_variants(config.variants)
+    out = Path(out)
+    classes, ids, labels = list(source.classes), source.ids(), source.labels()
+    n, C = len(ids), len(classes)
+    if n == 0:
+        raise ValueError(f"Source {source.spec!r} has no images.")
+    bad = next((i for i in ids if sanitize_name(i) != i), None)
+    if bad is not None or len(set(ids)) != n:
+        raise ValueError(f"Source {source.spec!r} gave an unsafe or duplicate sample id {bad!r}; "
+                         "ids must be unique and equal to layout.sanitize_name(id).")
+    cfg_dict = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items()}
+    cfg_dict["variants"] = [v.name for v in variants]
+    identity = {"tool": "bgbias", "version": __version__, "source": source.describe(), "config": cfg_dict}
+    _prepare_out(out, identity)
+
+    class_dirs = [class_dirname(c, name, C) for c, name in enumerate(classes)]
+    state = {"source": source, "variants": variants, "config": config, "out": out.resolve(), "ids": ids,
+             "labels": labels, "class_dirs": class_dirs, "written": {v.name for v in variants if not v.pairing},
+             "fit_size": config.size}
+    cs = max(1, int(config.chunk_size))
+    chunks = [list(range(a, min(n, a + cs))) for a in range(0, n, cs)]
+
+    fitted = [v for v in variants if v.needs_fit]
+    if fitted:
+        if state["fit_size"] is None:
+            state["fit_size"] = _first_size(source, config)
+        bg = MeanBackground(True, state["fit_size"])
+        for res in progress_bar(_map(_fit_task, chunks, state, workers, executor), len(chunks), "fit mean", progress):
+            bg.add_sums(res["sums"])
+        if bg.mean_image is None:
+            raise ValueError(f"No usable sample in {source.spec!r} to fit the mean background on.")
+        for v in fitted:
+            v.background.fit_size = state["fit_size"]
+            v.background.add_sums((bg.sum_rgb, bg.sum_w))
+
+    dropped: list[dict] = [{"id": d.get("id", d.get("path")), "reason": d["reason"], "stage": "scan"}
+                           for d in source.scan_dropped]
+    kept: list[int] = []
+    tasks = [{"chunk": c, "k": k} for k, c in enumerate(chunks)]
+    cache: dict[int, tuple] = {}
+    for recs in progress_bar(_map(_sample_task, tasks, state, workers, executor), len(tasks), "samples", progress):
+        for r in recs:
+            if "reason" in r:
+                dropped.append({k: r[k] for k in ("id", "reason", "stage")})
+            else:
+                kept.append(r["i"])
+                if "cache" in r:
+                    cache[r["i"]] = r["cache"]
+
+    pairing: dict[str, dict[str, str]] = {}
+    partners: dict[str, dict[str, int]] = {}
+    pos = {ids[i]: i for i in kept}
+    for v in (v for v in variants if v.pairing):
+        plan, missing = plan_pairing([ids[i] for i in kept], [labels[i] for i in kept], C, config.seed,
+                                     v.name, v.pairing)
+        pairing[v.name] = plan
+        partners[v.name] = {f: pos[b] for f, b in plan.items()}
+        dropped += [{"id": sid, "reason": why, "stage": "variant", "variant": v.name} for sid, why in missing.items()]
+    if partners:
+        kchunks = [kept[a:a + cs] for a in range(0, len(kept), cs)]
+        tasks = []
+        for c in kchunks:
+            mine = {name: {ids[i]: p[ids[i]] for i in c if ids[i] in p} for name, p in partners.items()}
+            used = set(c).union(*(m.values() for m in mine.values()))
+            tasks.append({"chunk": c, "partners": mine, "cache": {i: cache[i] for i in used if i in cache}})
+        for recs in progress_bar(_map(_mixed_task, tasks, state, workers, executor), len(tasks), "mixed", progress):
+            for r in recs:
+                dropped.append({k: r[k] for k in ("id", "reason", "stage", "variant")})
+                for name in r["variant"].split(","):
+                    pairing[name].pop(r["id"], None)
+
+    manifest = _manifest(identity, variants, kept, ids, labels, class_dirs, classes, pairing, dropped)
+    shutil.rmtree(out / CACHE, ignore_errors=True)
+    write_json(out / MANIFEST, manifest)
+    (out / PARTIAL).unlink(missing_ok=True)
+    return manifest
+
+
+def _first_size(source: Source, config: BuildConfig) -> tuple[int, int]:
+    """Fit size for ``mean`` when images keep their own size: the first loadable sample's size."""
+    for i in range(len(source)):
+        try:
+            return source.load(i).size
+        except Exception:
+            continue
+    raise ValueError(f"No loadable sample in {source.spec!r}.")
+
+
+def _manifest(identity: dict, variants: list[Variant], kept: list[int], ids: list[str], labels: list[int],
+              class_dirs: list[str], classes: list[str], pairing: dict, dropped: list[dict]) -> dict:
+    by_reason: dict[str, int] = {}
+    for d in dropped:
+        by_reason[_reason_key(d["reason"])] = by_reason.get(_reason_key(d["reason"]), 0) + 1
+    return {**identity, "seed": identity["config"]["seed"], "classes": classes,
+            "variants": {v.name: {**v.describe(), "count": len(pairing[v.name]) if v.pairing else len(kept)}
+                         for v in variants},
+            "samples": [{"id": ids[i], "label": labels[i], "class_dir": class_dirs[labels[i]]} for i in kept],
+            "pairing": {k: dict(sorted(p.items())) for k, p in pairing.items()},
+            "dropped": sorted(dropped, key=lambda d: (d["stage"], str(d["id"]), d.get("variant", ""))),
+            "counts": {"total": len(ids), "kept": len(kept),
+                       "dropped": sum(1 for d in dropped if "variant" not in d),
+                       "missing_variant_images": sum(1 for d in dropped if "variant" in d),
+                       "by_reason": dict(sorted(by_reason.items()))}}

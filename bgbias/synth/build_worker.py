@@ -1,0 +1,225 @@
+"""What a build worker does: the per-chunk tasks of the three passes of :func:`bgbias.synth.build.build`.
+
+Each worker process holds the source, config and plan in ``_STATE`` (set once by
+:func:`_init_worker`, so tasks carry only chunk indices). Tasks write their files
+atomically and return records; the main process writes the manifest.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import cv2
+import numpy as np
+
+from bgbias.core.io import write_npy, write_png
+from bgbias.core.layout import MASK_DIR, SPLIT, safe_join
+from bgbias.core.sample import BadSample, Sample, check_mask_usable
+from bgbias.synth.backgrounds import MeanBackground, only_bg_t, resize_crop
+from bgbias.synth.variants import render_variants
+
+
+def _init_worker(state: dict) -> None:
+    """Per-process state (source, variants, config, OUT); one torch/cv2 thread per worker.
+
+    One thread: per-image tensors are small, and a multi-threaded pool on busy
+    cores made each tiny op take milliseconds instead of microseconds.
+    """
+    import torch
+
+    torch.set_num_threads(1)
+    cv2.setNumThreads(1)
+    _STATE.clear()
+    _DIRS.clear()
+    _STATE.update(state)
+
+
+def _prepared(i: int) -> Sample:
+    """Load sample ``i``, resize it and check its mask; BadSample carries ``stage``."""
+    src, cfg = _STATE["source"], _STATE["config"]
+    try:
+        s = src.load(i)
+    except BadSample as e:
+        e.stage = "load"
+        raise
+    except Exception as e:  # a reader bug or exotic file must not stop the build
+        bad = BadSample(f"cannot load ({type(e).__name__}: {e})", _STATE["ids"][i])
+        bad.stage = "load"
+        raise bad from None
+    s = fit_sample(s, cfg.size)
+    try:
+        if s.mask is None:
+            raise BadSample("no foreground mask (give --masks DIR or a mask method)")
+        check_mask_usable(s.mask)
+    except BadSample as e:
+        e.stage = "mask"
+        raise
+    return s
+
+
+def _drop(i: int, exc: BaseException, stage: str | None = None) -> dict:
+    reason = exc.reason if isinstance(exc, BadSample) else f"unexpected {type(exc).__name__}: {exc}"
+    return {"i": i, "id": _STATE["ids"][i], "reason": reason, "stage": stage or getattr(exc, "stage", "variant")}
+
+
+def _fit_task(chunk: Sequence[int]) -> dict:
+    bg = MeanBackground(True, _STATE["fit_size"])
+    samples = []
+    for i in chunk:
+        try:
+            samples.append(_prepared(i))
+        except Exception:   # dropped samples are recorded by the samples pass
+            continue
+    return {"sums": bg.sums(samples)}
+
+
+def _sample_task(task: dict) -> list[dict]:
+    cfg, variants = _STATE["config"], _STATE["variants"]
+    plain = [v for v in variants if v.pairing is None]
+    need_tiles = any(v.pairing for v in variants)
+    records, offset, cache = [], 0, None
+    try:
+        for i in task["chunk"]:
+            paths = {v.name: _path(v.dirname, i) for v in plain}
+            mpath = _path(MASK_DIR, i, ".npy")
+            if mpath.exists() and all(p.exists() for p in paths.values()):
+                records.append({"i": i})
+                continue
+            try:
+                s = _prepared(i)
+                todo = [v for v in plain if not paths[v.name].exists()]
+                images = render_variants(s, todo, cfg.seed)
+                if need_tiles:                                # a partner must have an Only-BG-T background
+                    tiled = images["only_bg_t"] if "only_bg_t" in images else only_bg_t(s.image, s.object_boxes())
+            except Exception as e:  # never crash mid-build: record and go on
+                records.append(_drop(i, e))
+                continue
+            for v in todo:
+                write_png(paths[v.name], images[v.name], cfg.png_compression)
+            if not mpath.exists():
+                write_npy(mpath, s.mask.astype(np.float32))
+            rec: dict[str, Any] = {"i": i}
+            if need_tiles:
+                h, w = s.size
+                if cache is None:  # streamed to a temp file, renamed when the chunk is done
+                    os.makedirs(os.path.join(_STATE["out"], CACHE), exist_ok=True)
+                    cache = open(_cache_file(task["k"]) + f".{os.getpid()}.tmp", "wb")
+                cache.write(np.ascontiguousarray(s.image).data)
+                cache.write(np.ascontiguousarray(tiled).data)
+                rec["cache"] = (task["k"], offset, h, w)
+                offset += 2 * h * w * 3
+            records.append(rec)
+    finally:
+        if cache is not None:
+            cache.close()
+    if cache is not None:
+        os.replace(cache.name, _cache_file(task["k"]))
+    return records
+
+
+def _cache_file(k: int) -> str:
+    return os.path.join(_STATE["out"], CACHE, f"{k:06d}.bin")
+
+
+def _cached(i: int, which: int) -> np.ndarray | None:
+    """Sample ``i``'s original (which=0) or Only-BG-T (which=1) from the chunk cache, if pass 1 left it."""
+    loc = _STATE.get("cache", {}).get(i)
+    if loc is None:
+        return None
+    k, offset, h, w = loc
+    n = h * w * 3
+    arr = np.fromfile(_cache_file(k), dtype=np.uint8, count=n, offset=offset + which * n)
+    if arr.size != n:
+        raise BadSample(f"build cache for chunk {k} is truncated")
+    return arr.reshape(h, w, 3)
+
+
+def _path(variant_dir: str, i: int, ext: str = ".png") -> Path:
+    """OUT/<variant_dir>/val/<class>/<id><ext>; folders checked by ``safe_join`` once, ids checked in :func:`build`."""
+    cdir = _STATE["class_dirs"][_STATE["labels"][i]]
+    key = (variant_dir, cdir)
+    d = _DIRS.get(key)
+    if d is None:
+        d = _DIRS[key] = safe_join(_STATE["out"], variant_dir, SPLIT, cdir)
+    return d / (_STATE["ids"][i] + ext)
+
+
+def _read_png(path: Path) -> np.ndarray:
+    arr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if arr is None:
+        raise BadSample(f"cannot read back {path.name}")
+    return cv2.cvtColor(arr, cv2.COLOR_BGR2RGB)
+
+
+def _foreground(i: int) -> Sample:
+    p, mp_ = _path("original", i), _path(MASK_DIR, i, ".npy")
+    image = _cached(i, 0)
+    if image is not None:
+        return Sample(image, np.load(mp_, allow_pickle=False), _STATE["labels"][i], _STATE["ids"][i])
+    if "original" in _STATE["written"] and p.exists() and mp_.exists():
+        return Sample(_read_png(p), np.load(mp_, allow_pickle=False), _STATE["labels"][i], _STATE["ids"][i])
+    return _prepared(i)
+
+
+def _background(j: int) -> np.ndarray:
+    cached = _cached(j, 1)
+    if cached is not None:
+        return cached
+    p = _path("only_bg_t", j)
+    if "only_bg_t" in _STATE["written"] and p.exists():
+        return _read_png(p)
+    s = _prepared(j)
+    return only_bg_t(s.image, s.object_boxes())
+
+
+def _mixed_task(task: dict) -> list[dict]:
+    cfg = _STATE["config"]
+    _STATE["cache"] = task["cache"]
+    paired = [v for v in _STATE["variants"] if v.pairing]
+    records = []
+    for i in task["chunk"]:
+        sid = _STATE["ids"][i]
+        todo = [v for v in paired if sid in task["partners"][v.name] and not _path(v.dirname, i).exists()]
+        if not todo:
+            continue
+        try:
+            s = _foreground(i)
+            bgs, cache = {}, {}                       # per foreground only: memory stays one sample's worth
+            for v in todo:
+                j = task["partners"][v.name][sid]
+                if j not in cache:
+                    cache[j] = _background(j)
+                bgs[v.name] = cache[j]
+            images = render_variants(s, todo, cfg.seed, bgs)
+        except Exception as e:
+            records.append({**_drop(i, e, "variant"), "variant": ",".join(v.name for v in todo)})
+            continue
+        for v in todo:
+            write_png(_path(v.dirname, i), images[v.name], cfg.png_compression)
+    return records
+
+
+CACHE = ".bgbias-cache"          # raw originals + Only-BG-T per chunk, for the mixed pass; removed at the end
+
+
+def fit_sample(sample: Sample, size: tuple[int, int] | None) -> Sample:
+    """Resize image, mask and boxes together (shorter side to cover ``size``, then centre crop)."""
+    if size is None or sample.size == tuple(size):
+        return sample
+    (h, w), (th, tw) = sample.size, size
+    scale = max(th / h, tw / w)
+    nh, nw = max(th, round(h * scale)), max(tw, round(w * scale))
+    oy, ox = (nh - th) // 2, (nw - tw) // 2
+    boxes = []
+    for x0, y0, x1, y1 in sample.boxes:
+        b = (min(tw, max(0, round(x0 * nw / w) - ox)), min(th, max(0, round(y0 * nh / h) - oy)),
+             min(tw, max(0, round(x1 * nw / w) - ox)), min(th, max(0, round(y1 * nh / h) - oy)))
+        if b[2] > b[0] and b[3] > b[1]:
+            boxes.append(b)
+    mask = None if sample.mask is None else np.clip(resize_crop(sample.mask.astype(np.float32), size), 0, 1)
+    return sample.with_(image=resize_crop(sample.image, size), mask=mask, boxes=tuple(boxes))
+
+
+_STATE: dict[str, Any] = {}
+_DIRS: dict[tuple[str, str], Path] = {}

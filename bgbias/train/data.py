@@ -1,0 +1,94 @@
+"""data: split from the former bgbias.train.recipes."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bgbias.core.io import read_image, read_mask
+from bgbias.core.sample import BadSample, Sample
+
+
+# ---------------------------------------------------------------------------------------------- data
+@dataclass
+class TrainData:
+    """A labelled dataset in memory: uint8 images ``[N,3,H,W]``, uint8 masks ``[N,H,W]`` (255 = fg) or None."""
+
+    images: torch.Tensor
+    masks: torch.Tensor | None
+    labels: torch.Tensor
+    ids: list[str]
+    classes: list[str]
+    skipped: list[dict]
+
+    def samples(self, rows: list[int]) -> list[Sample]:
+        """``Sample`` objects for fitting backgrounds (``mean``)."""
+        out = []
+        for r in rows:
+            mask = None if self.masks is None else self.masks[r].numpy().astype(np.float32) / 255.0
+            out.append(Sample(self.images[r].permute(1, 2, 0).numpy(), mask, int(self.labels[r]), self.ids[r]))
+        return out
+
+
+def is_build_dir(path: str) -> bool:
+    """A ``bgbias build`` output (read per variant, with ``fg_mask``) rather than a source spec."""
+    p = Path(path)
+    return p.is_dir() and ((p / "manifest.json").is_file() or (p / "fg_mask").is_dir())
+
+
+def _resize(image: np.ndarray, mask: np.ndarray | None, size: tuple[int, int] | None):
+    if size is None or image.shape[:2] == tuple(size):
+        return image, mask
+    import cv2
+
+    h, w = size
+    image = cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA)
+    mask = None if mask is None else cv2.resize(mask, (w, h), interpolation=cv2.INTER_LINEAR)
+    return image, mask
+
+
+def load_data(data: str, variant: str = "original", size: tuple[int, int] | None = None) -> TrainData:
+    """Read a source spec (``digits``, ``mnist:DIR``, ...) or a build dir's ``variant`` into memory."""
+    images, masks, labels, ids, skipped = [], [], [], [], []
+
+    def add(image: np.ndarray, mask: np.ndarray | None, label: int, sid: str) -> None:
+        image, mask = _resize(image, mask, size)
+        if images and image.shape != images[0].shape:
+            raise ValueError(f"Images differ in size ({image.shape[1]}x{image.shape[0]} vs "
+                             f"{images[0].shape[1]}x{images[0].shape[0]}); pass --size H W.")
+        images.append(image)
+        masks.append(mask)
+        labels.append(int(label))
+        ids.append(sid)
+
+    if is_build_dir(data):
+        from bgbias.core.layout import find_mask, list_classes, list_items
+
+        classes = list_classes(data, variant)
+        for item in list_items(data, variant):
+            try:
+                image = read_image(item.path)
+                mpath = find_mask(data, item)
+                add(image, read_mask(mpath, image.shape[:2]) if mpath.is_file() else None, item.label, item.id)
+            except BadSample as e:
+                skipped.append({"path": str(item.path), "reason": e.reason})
+    else:
+        from bgbias.sources.base import create_source
+
+        source = create_source(data)
+        classes = list(source.classes)
+        for i in range(len(source)):
+            try:
+                s = source.load(i)
+                add(s.image, s.mask, s.label, s.id)
+            except BadSample as e:
+                skipped.append({"id": source.ids()[i], "reason": e.reason})
+    if not images:
+        raise ValueError(f"No usable images in {data!r} ({len(skipped)} skipped).")
+    img = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
+    msk = None
+    if all(m is not None for m in masks):
+        msk = torch.from_numpy(np.rint(np.stack(masks) * 255.0).astype(np.uint8))
+    return TrainData(img, msk, torch.tensor(labels, dtype=torch.long), ids, classes, skipped)

@@ -1,0 +1,223 @@
+"""Train a classifier that ignores backgrounds: ``bgbias train``'s one loop, read top to bottom.
+
+    bgbias train --recipe baseline   --data mnist:DIR --arch small-cnn --epochs 5 --out runs/base
+    bgbias train --recipe bg-augment --data digits --families color,mean,other_sample --out runs/aug
+    bgbias train --recipe mixed-rand --data BUILD_DIR --out runs/mr
+    bgbias train --recipe adversarial --data mnist:DIR --out runs/adv
+
+The config, the in-memory data and the recipes live in :mod:`bgbias.train.recipes`
+(re-exported here). Batches are augmented on the device in [0, 1], then normalised with the
+checkpoint's ``preprocess`` (``x/255 -> (x - mean) / std``, what ``bgbias eval`` does).
+Each epoch writes ``OUT/last.pt`` (weights + optimiser + augmentation state in
+``extra``); ``--resume`` continues from it and ends with the same weights as an
+uninterrupted run, because every random draw comes from a generator keyed by
+``(seed, phase, epoch, step)``. The end writes ``OUT/model.pt`` and ``OUT/metrics.json``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bgbias.core.io import write_json
+from bgbias.core.seeding import derive_seed, torch_generator
+from bgbias.models.checkpoint import load_checkpoint, safe_torch_load, save_checkpoint
+from bgbias.models.nets import ARCHS, create_arch
+from bgbias.train.config import OPTIMIZERS, SCHEDULES, TrainConfig
+from bgbias.train.data import TrainData, is_build_dir, load_data
+from bgbias.train.recipes import RECIPES, Augment, Recipe
+
+# the config, data and recipe names are re-exported: callers import them from here
+__all__ = ["OPTIMIZERS", "SCHEDULES", "RECIPES", "Augment", "Recipe", "TrainConfig", "TrainData", "load_data",
+           "preprocess_for", "build_model", "make_optimizer", "normalizer", "accuracy", "run_epoch", "train"]
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+# ---------------------------------------------------------------------------------------------- model
+def preprocess_for(cfg: TrainConfig, data: TrainData) -> dict[str, Any]:
+    """The checkpoint's ``preprocess``: ImageNet stats for torchvision archs, 0.5/0.5 otherwise."""
+    tv = "torchvision" in ARCHS.entry(cfg.arch).tags
+    mean, std = (IMAGENET_MEAN, IMAGENET_STD) if tv else ((0.5,) * 3, (0.5,) * 3)
+    return {"size": list(data.images.shape[-2:]), "mean": list(mean), "std": list(std)}
+
+
+def build_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
+    """Seeded init (global RNG forked so the caller's is untouched), then optional ``--pretrained`` weights."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derive_seed(cfg.seed, "init"))
+        model = create_arch(cfg.arch, num_classes)
+    if cfg.pretrained:
+        state = safe_torch_load(cfg.pretrained)
+        state = state.get("state_dict", state) if isinstance(state, dict) else state
+        own = model.state_dict()
+        fits = {k: v for k, v in state.items() if k in own and tuple(v.shape) == tuple(own[k].shape)}
+        if not fits:
+            raise ValueError(f"No weights in {cfg.pretrained} fit architecture {cfg.arch!r}.")
+        model.load_state_dict(fits, strict=False)
+    return model
+
+
+def make_optimizer(cfg: TrainConfig, model: nn.Module, total_steps: int):
+    """Optimiser plus a per-step LR schedule (cosine to 0, or /10 at 50% and 75%)."""
+    params = model.parameters()
+    if cfg.optimizer == "sgd":
+        opt = torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay)
+    elif cfg.optimizer == "adam":
+        opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    else:
+        opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+    def factor(step: int) -> float:
+        t = min(step / max(total_steps, 1), 1.0)
+        if cfg.schedule == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * t))
+        if cfg.schedule == "step":
+            return 0.1 ** ((t >= 0.5) + (t >= 0.75))
+        return 1.0
+
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+def normalizer(preprocess: dict[str, Any], device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
+    mean = torch.tensor(preprocess["mean"], device=device).view(1, 3, 1, 1)
+    std = torch.tensor(preprocess["std"], device=device).view(1, 3, 1, 1)
+    return lambda x: (x - mean) / std
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, norm: Callable, device: torch.device,
+             batch_size: int = 256) -> float:
+    """Top-1 accuracy on uint8 images (eval mode, no augmentation)."""
+    model.eval()
+    correct = 0
+    for i in range(0, len(labels), batch_size):
+        x = images[i:i + batch_size].to(device).float() / 255.0
+        correct += int((model(norm(x)).argmax(1).cpu() == labels[i:i + batch_size]).sum())
+    return correct / max(len(labels), 1)
+
+
+# ----------------------------------------------------------------------------------------------- loop
+def run_epoch(model, opt, sched, data: TrainData, rows: torch.Tensor, cfg: TrainConfig, phase: str, epoch: int,
+              augment: Augment | None, norm: Callable, device: torch.device, progress: bool) -> dict[str, float]:
+    """One pass over ``rows`` in a seeded order; returns mean loss and train accuracy (on augmented inputs)."""
+    from tqdm.auto import tqdm
+
+    model.train()
+    order = rows[torch.randperm(len(rows), generator=torch_generator(cfg.seed, "shuffle", phase, epoch))]
+    batches = [order[i:i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
+    loss_sum, correct, seen, t0 = 0.0, 0, 0, time.time()
+    bar = tqdm(batches, desc=f"{phase} {epoch + 1}", leave=False, disable=not progress, dynamic_ncols=True)
+    for step, idx in enumerate(bar):
+        x = data.images[idx].to(device).float() / 255.0
+        y = data.labels[idx].to(device)
+        if augment is not None:
+            m = None if data.masks is None else data.masks[idx].to(device).unsqueeze(1).float() / 255.0
+            x = augment(x, m, y, torch_generator(cfg.seed, "augment", phase, epoch, step), model)
+            model.train()
+        logits = model(norm(x))
+        loss = F.cross_entropy(logits, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        loss_sum += float(loss.detach()) * len(y)
+        correct += int((logits.argmax(1) == y).sum())
+        seen += len(y)
+        bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
+    return {"loss": loss_sum / seen, "train_accuracy": correct / seen, "seconds": round(time.time() - t0, 2)}
+
+
+def train(cfg: TrainConfig, progress: bool = True, stop_after: int | None = None,
+          data: TrainData | None = None) -> dict[str, Any]:
+    """Run a recipe end to end; returns the metrics dict (also written to ``OUT/metrics.json``).
+
+    ``data``: already-loaded data to use instead of reading ``cfg.data`` (benchmarks use a split of a source).
+    ``stop_after``: stop after this many epochs of this call (all phases counted), leaving ``last.pt``
+    to ``--resume`` from (used by tests and for time-sliced runs).
+    """
+    cfg.validate()
+    recipe = RECIPES.create(cfg.recipe)
+    device = torch.device(cfg.device)
+    out = Path(cfg.out)
+    if data is None:
+        data = load_data(cfg.data, recipe.variant if is_build_dir(cfg.data) else "original", cfg.size)
+    data = dataclasses.replace(data)  # recipes may swap in learned masks; the caller's object stays as given
+    n = len(data.labels)
+    perm = torch.randperm(n, generator=torch_generator(cfg.seed, "split"))
+    n_val = int(round(cfg.val_fraction * n))
+    val_rows, train_rows = perm[:n_val].sort().values, perm[n_val:].sort().values
+    preprocess = preprocess_for(cfg, data)
+    norm = normalizer(preprocess, device)
+    model = build_model(cfg, len(data.classes)).to(device)
+    config = dataclasses.asdict(cfg)
+    meta = {"arch": cfg.arch, "arch_kwargs": {}, "classes": data.classes, "preprocess": preprocess,
+            "recipe": cfg.recipe, "seed": cfg.seed, "config": config, "families_seen": recipe.seen(cfg),
+            "epoch": 0}
+
+    # resume: weights, history, and where we were (phase index, epoch within phase)
+    history: list[dict] = []
+    start_phase, start_epoch, extra = 0, 0, {}
+    last = out / "last.pt"
+    if cfg.resume and last.is_file():
+        ckpt = load_checkpoint(last)
+        free = ("device", "out", "resume")
+        old = {k: v for k, v in ckpt["meta"]["config"].items() if k not in free}
+        new = {k: v for k, v in config.items() if k not in free}
+        if old != new:
+            diff = sorted(k for k in new if old.get(k) != new[k])
+            raise ValueError(f"Cannot resume {last}: the config differs in {', '.join(diff)}; use a new --out.")
+        model.load_state_dict(ckpt["state_dict"])
+        extra = ckpt["extra"]
+        history = list(extra.get("history", []))
+        start_phase, start_epoch = int(extra["phase_index"]), int(extra["phase_epoch"])
+
+    ctx: dict[str, Any] = {"norm": norm, "device": device, "train_rows": train_rows, "extra": extra,
+                           "progress": progress}
+    steps_per_epoch = math.ceil(len(train_rows) / cfg.batch_size)
+    done_now = 0
+    for pi, (phase, epochs) in enumerate(recipe.phases(cfg)):
+        if pi < start_phase:
+            continue
+        augment = recipe.augment(phase, cfg, data, model, ctx)
+        opt, sched = make_optimizer(cfg, model, epochs * steps_per_epoch)
+        first = start_epoch if pi == start_phase else 0
+        if first and "optimizer" in extra:
+            opt.load_state_dict(extra["optimizer"])
+            sched.load_state_dict(extra["scheduler"])
+        for epoch in range(first, epochs):
+            stats = run_epoch(model, opt, sched, data, train_rows, cfg, phase, epoch, augment, norm, device, progress)
+            row = {"epoch": len(history) + 1, "phase": phase, **stats}
+            if n_val:
+                row["val_accuracy"] = accuracy(model, data.images[val_rows], data.labels[val_rows], norm, device)
+            history.append(row)
+            if progress:
+                print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+            state = {"phase_index": pi, "phase_epoch": epoch + 1, "history": history,
+                     "optimizer": opt.state_dict(), "scheduler": sched.state_dict()}
+            if hasattr(augment, "state_dict"):
+                state["augment"] = augment.state_dict()
+            if epoch + 1 == epochs:  # next phase starts fresh
+                state = {"phase_index": pi + 1, "phase_epoch": 0, "history": history,
+                         **({"augment": state["augment"]} if "augment" in state else {})}
+            save_checkpoint(last, model.state_dict(), {**meta, "epoch": len(history)}, state)
+            done_now += 1
+            if stop_after is not None and done_now >= stop_after:
+                return {"kind": "bgbias-train/1", "stopped": True, "history": history}
+        extra = {}
+
+    final = {"train_accuracy": history[-1]["train_accuracy"] if history else None}
+    if n_val:
+        final["val_accuracy"] = history[-1]["val_accuracy"]
+    metrics = {"kind": "bgbias-train/1", "recipe": cfg.recipe, "arch": cfg.arch, "classes": data.classes,
+               "families_seen": meta["families_seen"], "config": config, "history": history, "final": final,
+               "n_train": len(train_rows), "n_val": n_val, "skipped": data.skipped}
+    save_checkpoint(out / "model.pt", model.state_dict(), {**meta, "epoch": len(history)})
+    write_json(out / "metrics.json", metrics)
+    return metrics

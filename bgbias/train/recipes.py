@@ -1,0 +1,98 @@
+"""What a training run is: its config, its data in memory, and the recipes that shape it.
+
+Recipes (``RECIPES``): ``baseline`` (clean images), ``bg-augment`` (report 000:
+:class:`~bgbias.train.augment.BackgroundSwap` with ``--families``), ``mixed-rand``
+(paper 001: a build dir's ``mixed_rand`` images, or other-sample backgrounds on
+the fly from a source with masks), ``adversarial`` (paper 002, in
+:mod:`bgbias.train.adversarial`: clean stage, mask-generator stage, adversarial game).
+A recipe only says which variant to read, its phases, each phase's per-batch
+augmentation and the families it shows; :mod:`bgbias.train.loop` runs the loop.
+
+The data is held in memory as uint8 (``[N, 3, H, W]`` images, ``[N, H, W]`` masks)
+so that the loop can augment whole batches on the device.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol
+
+import torch
+from torch import nn
+
+from bgbias.core.seeding import torch_generator
+from bgbias.train.config import RECIPES, TrainConfig
+from bgbias.train.data import TrainData, is_build_dir
+
+
+# ------------------------------------------------------------------------------------------- recipes
+class Augment(Protocol):
+    """A per-batch transform inside the training step: ``x`` float [N,3,H,W] in [0,1] -> same."""
+
+    seen: list[str]
+
+    def __call__(self, x: torch.Tensor, m: torch.Tensor | None, y: torch.Tensor, g: torch.Generator,
+                 model: nn.Module) -> torch.Tensor: ...
+
+
+@dataclass
+class Recipe:
+    """What a recipe changes: the build-dir variant it reads, its phases, each phase's augmentation, and
+    the background families it shows (variant-style names; ``bgbias eval`` marks matching variants as seen)."""
+
+    variant: str = "original"
+    phases: Callable[[TrainConfig], list[tuple[str, int]]] = lambda cfg: [("main", cfg.epochs)]
+    augment: Callable[..., Augment | None] = lambda phase, cfg, data, model, ctx: None
+    seen: Callable[[TrainConfig], list[str]] = lambda cfg: []
+
+
+
+
+class SwapAugment:
+    """:class:`~bgbias.train.augment.BackgroundSwap` as a training-step augmentation."""
+
+    def __init__(self, swap: Any):
+        self.swap, self.seen = swap, swap.seen
+
+    def __call__(self, x, m, y, g, model):
+        return self.swap.batch(x, m, y, generator=g)
+
+
+def _swap(cfg: TrainConfig, data: TrainData, families: Any, p: float) -> SwapAugment:
+    from bgbias.train.augment import BackgroundSwap
+
+    if data.masks is None:
+        raise ValueError(f"Recipe {cfg.recipe!r} needs foreground masks, but {cfg.data!r} has none; "
+                         "use a source with masks or a build dir with fg_mask.")
+    swap = BackgroundSwap(families, p=p, seed=cfg.seed, num_classes=len(data.classes))
+    rows = torch.randperm(len(data.labels), generator=torch_generator(cfg.seed, "fit"))[:2000].tolist()
+    return SwapAugment(swap.fit(data.samples(rows)))
+
+
+@RECIPES.register("baseline", help="clean images, no background augmentation")
+def _baseline() -> Recipe:
+    return Recipe()
+
+
+@RECIPES.register("bg-augment", help="report 000: BackgroundSwap with --families")
+def _bg_augment() -> Recipe:
+    from bgbias.train.augment import families_seen
+
+    return Recipe(augment=lambda phase, cfg, data, model, ctx: _swap(cfg, data, cfg.families, cfg.p),
+                  seen=lambda cfg: families_seen(cfg.families))
+
+
+@RECIPES.register("mixed-rand", help="paper 001: train on Mixed-Rand (build dir mixed_rand, or on the fly)")
+def _mixed_rand() -> Recipe:
+    def augment(phase, cfg, data, model, ctx):
+        return None if is_build_dir(cfg.data) else _swap(cfg, data, {"other_sample": 1.0}, 1.0)
+
+    return Recipe(variant="mixed_rand", augment=augment, seen=lambda cfg: ["mixed_rand"])
+
+
+@RECIPES.register("adversarial", help="paper 002: mask generator + adversarial background generator")
+def _adversarial() -> Recipe:
+    from bgbias.train.adversarial import adversarial_augment
+
+    return Recipe(phases=lambda cfg: [("clean", cfg.epochs if cfg.clean_epochs is None else cfg.clean_epochs),
+                                       ("adversarial", cfg.epochs)],
+                  augment=adversarial_augment, seen=lambda cfg: ["adversarial"])
