@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import argparse
+import sys
+import warnings
 
 from bgbias.train.config import OPTIMIZERS, SCHEDULES, TrainConfig
 
@@ -10,16 +12,32 @@ def _limit(text: str) -> float | None:
     return None if text.lower() == "none" else float(text)
 
 
+def _size(values: list[str] | None) -> tuple[int, int] | None:
+    """``64x64``, ``64`` or ``64 64`` -> (H, W)."""
+    if not values:
+        return None
+    from bgbias.synth.build import parse_size
+
+    return parse_size("x".join(values) if len(values) == 2 else values[0])
+
+
 def train_command(args: argparse.Namespace) -> int:
     from bgbias.train.loop import train
 
     families = tuple(f.strip() for f in args.families.split(",") if f.strip())
-    size = None if args.size is None else (args.size[0], args.size[-1])
+    size = _size(args.size)
     fields = {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__
               and (v is not None or k == "brightness")}
-    metrics = train(TrainConfig(**{**fields, "families": families, "size": size}), progress=not args.quiet)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)
+        metrics = train(TrainConfig(**{**fields, "families": families, "size": size}), progress=not args.quiet)
     final = ", ".join(f"{k} {v:.4f}" for k, v in metrics["final"].items() if v is not None)
+    ref = metrics.get("reference")
+    if ref:
+        final += f"; chance {ref['chance_rate']:.4f}, majority ({ref['majority_class']}) {ref['majority_rate']:.4f}"
     print(f"wrote {args.out}/model.pt and {args.out}/metrics.json ({final})")
+    for w in caught:
+        print(f"bgbias: warning: {w.message}", file=sys.stderr)
     return 0
 
 
@@ -31,10 +49,20 @@ def register(sub) -> None:
     p = sub.add_parser("train", help="train with a mitigation recipe (baseline, bg-augment, mixed-rand, adversarial)",
                        description=__doc__)
     p.add_argument("--recipe", required=True, choices=RECIPES.names())
-    p.add_argument("--data", required=True, help="source spec (digits, mnist:DIR, folder:DIR, in9:DIR) or build dir")
+    p.add_argument("--data", required=True,
+                   help="a build dir (trains on its 'train' split, validates on 'val'; build with --holdout F) "
+                        "or a source spec (digits, mnist:DIR, folder:DIR, in9:DIR) split by --val-fraction")
     p.add_argument("--out", required=True, help="run folder: model.pt, last.pt, metrics.json")
     p.add_argument("--arch", default=d.arch, choices=list_archs())
-    p.add_argument("--pretrained", help="initial weights (bgbias checkpoint or state_dict file)")
+    p.add_argument("--pretrained", metavar="FILE",
+                   help="fine-tune from local weights: a state dict (e.g. torchvision's resnet18-*.pth for "
+                        "--arch resnet18) or a bgbias checkpoint; read with weights_only, the head is re-initialised")
+    p.add_argument("--norm", default=d.norm, choices=["group", "batch"],
+                   help=f"small-cnn normalisation: batch (BatchNorm) or group (GroupNorm, no running statistics); "
+                        f"default {d.norm}")
+    p.add_argument("--min-steps", type=int, default=d.min_steps,
+                   help=f"at least this many optimiser steps: small sets get smaller batches (down to 16) and "
+                        f"several passes per epoch (default {d.min_steps}; 0 = off)")
     p.add_argument("--epochs", type=int, default=d.epochs)
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--lr", type=float, default=d.lr)
@@ -43,8 +71,10 @@ def register(sub) -> None:
     p.add_argument("--schedule", default=d.schedule, choices=SCHEDULES)
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--device", default=d.device)
-    p.add_argument("--size", type=int, nargs="+", metavar="N", help="resize inputs to H [W] (default: keep)")
-    p.add_argument("--val-fraction", type=float, default=d.val_fraction)
+    p.add_argument("--size", nargs="+", metavar="HxW", help="resize inputs to HxW, e.g. 64x64 (default: keep)")
+    p.add_argument("--val-fraction", type=float, default=d.val_fraction,
+                   help=f"source specs only: the share held out for validation (default {d.val_fraction}); "
+                        "a build dir trains on its 'train' split and validates on 'val'")
     p.add_argument("--families", default=",".join(d.families),
                    help="bg-augment families: color, color:<c>, mean, mean_color, texture[:name], photos:DIR, "
                         "other_sample, same_class, next_class")
