@@ -97,8 +97,8 @@ def _write_build_dir(root: Path, d: TrainData) -> None:
         cls = class_dirname(int(d.labels[i]), d.classes[int(d.labels[i])], len(d.classes))
         for variant in ("original", "mixed_rand"):
             img = d.images[i].permute(1, 2, 0).numpy()
-            write_png(root / variant / "val" / cls / f"{d.ids[i]}.png", img if variant == "original" else 255 - img)
-        write_npy(root / "fg_mask" / "val" / cls / f"{d.ids[i]}.npy", d.masks[i].numpy().astype(np.float32) / 255)
+            write_png(root / variant / "train" / cls / f"{d.ids[i]}.png", img if variant == "original" else 255 - img)
+        write_npy(root / "fg_mask" / "train" / cls / f"{d.ids[i]}.npy", d.masks[i].numpy().astype(np.float32) / 255)
     (root / "manifest.json").write_text("{}")
 
 
@@ -110,7 +110,7 @@ def test_mixed_rand_reads_the_build_dir_variant(digits, tmp_path):
     assert torch.equal(loaded.images.sort(0).values, (255 - d.images).sort(0).values)
     metrics = train(TrainConfig(recipe="mixed-rand", data=str(tmp_path / "build"), out=str(tmp_path / "mr"),
                                 epochs=1, val_fraction=0.0), progress=False)
-    assert metrics["families_seen"] == ["mixed_rand"] and metrics["n_train"] == 60
+    assert metrics["families_seen"] == ["mixed_rand"] and metrics["n_train"] == 60 and metrics["n_val"] == 0
 
 
 def test_cli_train_and_errors(tmp_path, capsys):

@@ -8,7 +8,6 @@ Output is deterministic: no timestamps in the PNGs.
 """
 from __future__ import annotations
 
-import glob
 import io
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ from bgbias.core.layout import (
     SPLIT,
     class_dirname,
     list_items,
+    list_splits,
     list_variant_dirs,
     safe_join,
 )
@@ -233,16 +233,18 @@ def example_grid(root: Path, names: dict[str, str] | None = None, classes: Seque
     ``classes`` gives the real class names (folder names are sanitised).
     """
     root = Path(root)
-    if not (root / "original" / SPLIT).is_dir():
+    splits = list_splits(root, "original")
+    if not splits:
         return None
-    by_name = {(names or {}).get(d, d): d for d in list_variant_dirs(root)}
+    split = SPLIT if SPLIT in splits else splits[0]           # the audited split when there is one
+    by_name = {(names or {}).get(d, d): d for d in list_variant_dirs(root, split)}
     order = variant_order(by_name)
     picked: dict[int, object] = {}
-    for item in list_items(root, "original"):
+    for item in list_items(root, "original", split):
         if item.label not in picked and len(picked) < n_images:
             picked[item.label] = item
     rows = [[(lambda im: Cell(im) if im is not None else None)(
-        image_at(root, by_name[v], SPLIT, it.path.parent.name, it.path.name)) for v in order]
+        image_at(root, by_name[v], it.split, it.path.parent.name, it.path.name)) for v in order]
         for it in picked.values()]
     labels = [f"{classes[it.label] if it.label < len(classes) else it.class_name}\n{it.id}"
               for it in picked.values()]
@@ -309,15 +311,18 @@ def _inside_file(root: Path, rel: str) -> bool:
         return False
 
 
-def _bg_file(root: Path, classes: Sequence[str], cls: str, bg_id: str) -> tuple[str, ...]:
-    """Path parts of an Only-BG-T background: in its class folder, else wherever that id is."""
+def _bg_file(root: Path, classes: Sequence[str], cls: str, bg_id: str, split: str = SPLIT) -> tuple[str, ...]:
+    """Path parts of an Only-BG-T background of ``split``: in its class folder, else wherever that id is."""
     name = f"{bg_id}.png"
     if cls in classes:
-        parts = ("only_bg_t", SPLIT, class_dirname(classes.index(cls), cls, len(classes)), name)
+        parts = ("only_bg_t", split, class_dirname(classes.index(cls), cls, len(classes)), name)
         if _inside_file(root, "/".join(parts)):
             return parts
-    hits = sorted((root / "only_bg_t" / SPLIT).glob(f"*/{glob.escape(name)}")) if "/" not in bg_id else []
-    return ("only_bg_t", SPLIT, hits[0].parent.name, name) if hits else ("only_bg_t", SPLIT, "?", name)
+    try:
+        hit = next((it for it in list_items(root, "only_bg_t", split) if it.id == bg_id), None)
+    except ValueError:
+        hit = None
+    return ("only_bg_t", split, hit.path.parent.name, hit.path.name) if hit else ("only_bg_t", split, "?", name)
 
 
 def fooling_rows(inputs: Any, k: int = 8) -> list[tuple[str, list]]:
@@ -330,7 +335,7 @@ def fooling_rows(inputs: Any, k: int = 8) -> list[tuple[str, list]]:
         files = []
         for r in top_fooling(ch, k, per_class=1) if root is not None else []:
             c = str(r["class"])
-            files.append((root, _bg_file(root, classes, c, str(r.get("background"))),
+            files.append((root, _bg_file(root, classes, c, str(r.get("background")), str(ch.get("split") or SPLIT)),
                           f"{c}\n{pct(r.get('fool_rate'))}"))
         if files:
             rows.append((m.name, files))

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from bgbias.core.io import read_json
-from bgbias.core.layout import MANIFEST, SPLIT
+from bgbias.core.layout import MANIFEST, list_splits
 
 KINDS = {"bgbias-eval": "eval", "bgbias-challenge": "challenge", "bgbias-saliency": "saliency",
          "bgbias-train": "metrics"}
@@ -143,6 +143,6 @@ def _find_data_dir(data: Any, manifest_path: Path | None, models: list[ModelResu
             if not d.get("data"):
                 continue
             for cand in (Path(str(d["data"])), m.paths[kind].parent / str(d["data"])):
-                if (cand / MANIFEST).is_file() or (cand / "original" / SPLIT).is_dir():
+                if (cand / MANIFEST).is_file() or list_splits(cand, "original"):
                     return cand
     return None
