@@ -17,11 +17,10 @@ from typing import Any, Sequence
 import numpy as np
 
 from bgbias.audit.core import AuditConfig, bootstrap_ci, open_audit, predict_paths
-from bgbias.core.layout import Item, list_items, list_variant_dirs, sanitize_name
+from bgbias.core.layout import SIGNAL_GROUPS, Item, list_items, list_variant_dirs, sanitize_name
 from bgbias.core.seeding import numpy_rng
 from bgbias.models.load import LoadedModel
 
-SIGNAL_GROUPS = ("fg+bg+", "fg+bg-", "fg-bg+", "fg-bg-")
 
 
 _MIXED_FAMILIES = {"mixed", "mixed_rand", "mixed_same", "mixed_next", "other_sample", "other", "rand", "same", "next"}

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from jinja2 import Environment, PackageLoader, StrictUndefined
 from markupsafe import Markup
 
+from bgbias.core.layout import SIGNAL_GROUPS
 from bgbias.core.version import __version__
 from bgbias.report.figures import pct, seen, top_fooling, variant_order
 
@@ -26,7 +27,6 @@ if TYPE_CHECKING:                      # only for hints: report.py imports this 
 SECTIONS = (("summary", "Summary"), ("accuracy", "Accuracy per variant"), ("examples", "Variants"),
             ("fooling", "Fooling backgrounds"), ("saliency", "Saliency"), ("signal-groups", "Signal groups"),
             ("training", "Training setup"), ("inputs", "Inputs"))
-SIGNAL_GROUPS = ("fg+bg+", "fg+bg-", "fg-bg+", "fg-bg-")
 
 
 # --- words ------------------------------------------------------------------------------------------------------

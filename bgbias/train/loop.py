@@ -29,6 +29,7 @@ from bgbias.core.io import write_json
 from bgbias.core.seeding import derive_seed, torch_generator
 from bgbias.models.checkpoint import load_checkpoint, safe_torch_load, save_checkpoint
 from bgbias.models.nets import ARCHS, create_arch
+from bgbias.models.load import IMAGENET_MEAN, IMAGENET_STD
 from bgbias.train.config import OPTIMIZERS, SCHEDULES, TrainConfig
 from bgbias.train.data import TrainData, is_build_dir, load_data
 from bgbias.train.recipes import RECIPES, Augment, Recipe
@@ -37,7 +38,6 @@ from bgbias.train.recipes import RECIPES, Augment, Recipe
 __all__ = ["OPTIMIZERS", "SCHEDULES", "RECIPES", "Augment", "Recipe", "TrainConfig", "TrainData", "load_data",
            "preprocess_for", "build_model", "make_optimizer", "normalizer", "accuracy", "run_epoch", "train"]
 
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 # ---------------------------------------------------------------------------------------------- model
