@@ -20,6 +20,8 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--label-map", default=None,
                    help=f"{' | '.join(BUILTIN)} | FILE.json (model class -> dataset class, -1 = none); default identity")
     p.add_argument("--data", required=True, help="IN-9 layout folder (bgbias build output or the IN-9 release)")
+    p.add_argument("--split", default="val",
+                   help="which split of the layout to read: val (default; held out from training) or train")
     p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda when available)")
     p.add_argument("--batch-size", type=int, default=None, help="images per forward (default: the command's own)")
     p.add_argument("--workers", type=int, default=None, help="DataLoader workers that decode images (default 0)")
@@ -46,7 +48,7 @@ def model_kwargs(args: argparse.Namespace) -> dict[str, Any]:
               batch_size=args.batch_size, workers=args.workers, preprocess=args.preprocess,
               mean=tuple(args.mean) if args.mean else None, std=tuple(args.std) if args.std else None,
               size=tuple(args.size) if args.size else None, trust=args.trust_checkpoint, seed=args.seed,
-              progress=not args.quiet)
+              progress=not args.quiet, split=args.split)
     return {k: v for k, v in kw.items() if v is not None}
 
 

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import argparse
+import sys
+import warnings
 
 from bgbias.train.config import OPTIMIZERS, SCHEDULES, TrainConfig
 
@@ -17,9 +19,16 @@ def train_command(args: argparse.Namespace) -> int:
     size = args.size
     fields = {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__
               and (v is not None or k == "brightness")}
-    metrics = train(TrainConfig(**{**fields, "families": families, "size": size}), progress=not args.quiet)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)
+        metrics = train(TrainConfig(**{**fields, "families": families, "size": size}), progress=not args.quiet)
     final = ", ".join(f"{k} {v:.4f}" for k, v in metrics["final"].items() if v is not None)
+    ref = metrics.get("reference")
+    if ref:
+        final += f"; chance {ref['chance_rate']:.4f}, majority ({ref['majority_class']}) {ref['majority_rate']:.4f}"
     print(f"wrote {args.out}/model.pt and {args.out}/metrics.json ({final})")
+    for w in caught:
+        print(f"bgbias: warning: {w.message}", file=sys.stderr)
     return 0
 
 
@@ -33,11 +42,20 @@ def register(sub) -> None:
                        description=__doc__)
     p.add_argument("--recipe", required=True, type=registry_type(RECIPES), metavar="NAME",
                    help=f"mitigation recipe: {', '.join(RECIPES.names())} ('-' or '_' alike)")
-    p.add_argument("--data", required=True, help="source spec (digits, mnist:DIR, folder:DIR, in9:DIR) or build dir")
+    p.add_argument("--data", required=True,
+                   help="a build dir (trains on its 'train' split, validates on 'val'; build with --holdout F) "
+                        "or a source spec (digits, mnist:DIR, folder:DIR, in9:DIR) split by --val-fraction")
     p.add_argument("--out", required=True, help="run folder: model.pt, last.pt, metrics.json")
     p.add_argument("--arch", default=d.arch, type=registry_type(ARCHS), metavar="NAME",
                    help=f"architecture: {', '.join(ARCHS.names())}")
-    p.add_argument("--pretrained", help="initial weights (bgbias checkpoint or state_dict file)")
+    p.add_argument("--pretrained", metavar="FILE",
+                   help="fine-tune from local weights: a state dict (e.g. torchvision's resnet18-*.pth for "
+                        "--arch resnet18) or a bgbias checkpoint; read with weights_only, the head is re-initialised")
+    p.add_argument("--norm", default=d.norm, choices=["group", "batch"],
+                   help="small-cnn normalisation: batch (BatchNorm) or group (GroupNorm, no running statistics)")
+    p.add_argument("--min-steps", type=int, default=d.min_steps,
+                   help="at least this many optimiser steps: small sets get smaller batches (down to 16) and "
+                        "several passes per epoch (0 = off)")
     p.add_argument("--epochs", type=int, default=d.epochs, help="training epochs")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="images per optimizer step")
     p.add_argument("--lr", type=float, default=d.lr, help="peak learning rate")
@@ -48,7 +66,8 @@ def register(sub) -> None:
     p.add_argument("--device", default=d.device, help="torch device (cpu, cuda, cuda:1, ...)")
     p.add_argument("--size", type=size_type, metavar="HxW", help="resize inputs to HxW, e.g. 64x64 (default: keep)")
     p.add_argument("--val-fraction", type=float, default=d.val_fraction,
-                   help="share held out for validation when --data is a source spec (a build uses its val split)")
+                   help="source specs only: the share held out for validation; a build dir trains on its "
+                        "'train' split and validates on 'val'")
     p.add_argument("--families", default=",".join(d.families),
                    help="bg-augment families: color, color:<c>, mean, mean_color, texture[:name], photos:DIR, "
                         "other_sample, same_class, next_class")

@@ -1,6 +1,6 @@
 """Sources: where labelled images come from. The :class:`Source` contract, the ``SOURCES`` registry, wrappers.
 
-A :class:`Source` indexes its data cheaply (``ids()``, ``labels()``, no
+A :class:`Source` indexes its data cheaply (``ids()``, ``labels()``, ``splits()``, no
 decoding) and decodes one :class:`~bgbias.core.sample.Sample` per ``load(i)``,
 raising :class:`~bgbias.core.sample.BadSample` for bad input. Files that are not
 images at all are found while indexing and listed in ``scan_dropped``.
@@ -45,6 +45,14 @@ class Source(ABC):
         """Class index per sample (cheap: no decoding)."""
         return list(self._labels)
 
+    def splits(self) -> list[str | None] | None:
+        """The source's own split per sample (``"train"`` / ``"val"``; ``None`` where it has none), cheap.
+
+        ``None`` (the default) means the source has no split of its own: ``build --holdout F``
+        makes one, else every sample is ``val``. A build keeps a source's own split as it is.
+        """
+        return None
+
     @abstractmethod
     def load(self, i: int) -> Sample:
         """Decode sample ``i``; raises BadSample with a reason for a file that cannot be used."""
@@ -85,6 +93,10 @@ class SubsetSource(Source):
 
     def load(self, i):
         return self.base.load(self.indices[i])
+
+    def splits(self):
+        own = self.base.splits()
+        return None if own is None else [own[i] for i in self.indices]
 
     def describe(self):
         import hashlib
