@@ -1,6 +1,7 @@
 """core: split from the former bgbias.audit.evaluate."""
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -20,7 +21,7 @@ from bgbias.core.layout import (
     list_variant_dirs,
 )
 from bgbias.core.sample import BadSample
-from bgbias.models.labelmap import LabelMap, load_label_map
+from bgbias.models.labelmap import LabelMap, resolve_label_map
 from bgbias.models.load import (
     LoadedModel,
     Preprocess,
@@ -46,6 +47,8 @@ class AuditConfig:
     std: tuple[float, ...] | None = None
     size: tuple[int, ...] | None = None
     trust: bool = False
+    download_weights: bool = False        # timm / hf / clip: fetch pretrained weights (offline by default)
+    prompts: str | None = None            # clip: prompt templates file (default: the ImageNet templates)
     seed: int = 0
     progress: bool = True
 
@@ -86,12 +89,15 @@ def open_audit(cfg: AuditConfig, loaded: LoadedModel | None = None) -> Audit:
     if not present:
         raise ValueError(f"{data} has no variant folders (<variant>/val/<NN_class>/); is it a bgbias build output?")
     classes = list_classes(data, "original" if "original" in present else present[0])
-    lm = loaded or load_model(cfg.model, weights=cfg.weights, trust=cfg.trust)
-    default = lm.preprocess or (make_preprocess("imagenet") if cfg.model.startswith("torchvision:") else None)
-    pp = make_preprocess(cfg.preprocess, cfg.mean, cfg.std, cfg.size, default=default)
+    lm = loaded or load_model(cfg.model, weights=cfg.weights, trust=cfg.trust, download=cfg.download_weights,
+                              prompts=cfg.prompts, class_names=classes)
+    pp = make_preprocess(cfg.preprocess, cfg.mean, cfg.std, cfg.size, default=lm.preprocess)
     dev = resolve_device(cfg.device)
     lm.to(dev)
-    return Audit(lm, pp, load_label_map(cfg.label_map), dev, classes)
+    label_map, note = resolve_label_map(cfg.label_map, classes, lm.classes, lm.num_outputs)
+    if note:
+        print(note, file=sys.stderr)
+    return Audit(lm, pp, label_map, dev, classes)
 
 
 def chw(image: np.ndarray) -> torch.Tensor:
