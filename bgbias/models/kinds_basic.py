@@ -71,7 +71,7 @@ def _build_arch(arch: str, num_classes: int) -> nn.Module:
     return torchvision.models.get_model(arch, weights=None, num_classes=int(num_classes))
 
 
-@MODEL_KINDS.register("torchvision", path_arg=True, help="<arch> [--weights FILE]")
+@MODEL_KINDS.register("torchvision", path_arg=True, help="<arch>")
 def torchvision_kind(arch: str, opts: LoadOptions) -> LoadedModel:
     """A bgbias or torchvision architecture with a state dict; ImageNet preprocessing unless told otherwise."""
     sd = read_state_dict(opts.weights, opts.trust) if opts.weights else None
@@ -113,7 +113,7 @@ def checkpoint_kind(file: str, opts: LoadOptions) -> LoadedModel:
                        list(fam) if fam is not None else None, meta, files=[file], num_outputs=int(n))
 
 
-@MODEL_KINDS.register("module", path_arg=True, help="pkg.mod:factory [--weights FILE]")
+@MODEL_KINDS.register("module", path_arg=True, help="pkg.mod:factory")
 def module_kind(rest: str, opts: LoadOptions) -> LoadedModel:
     """``factory()`` (or ``factory(num_classes=...)``) from an importable module, optionally with a state dict."""
     mod_name, _, fn_name = rest.rpartition(":")

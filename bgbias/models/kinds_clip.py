@@ -108,7 +108,7 @@ def zero_shot_text(model: nn.Module, tokenizer: Callable, classes: Sequence[str]
                                           num_classes_per_batch=10, device="cpu", use_tqdm=False)
 
 
-@MODEL_KINDS.register("clip", path_arg=True, help="<arch>[:<tag>] --weights FILE | local cache (zero-shot)")
+@MODEL_KINDS.register("clip", path_arg=True, help="<arch>[:<tag>]")
 def clip_kind(rest: str, opts: LoadOptions) -> LoadedModel:
     """Zero-shot classification of the data's classes with an open_clip model."""
     open_clip = require("open_clip", "clip", "clip")

@@ -92,7 +92,7 @@ def weight_files(source: str) -> list[str]:
     return []
 
 
-@MODEL_KINDS.register("hf", path_arg=True, help="<local dir or hub id> [--download-weights]")
+@MODEL_KINDS.register("hf", path_arg=True, help="<dir or hub id>")
 def hf_kind(source: str, opts: LoadOptions) -> LoadedModel:
     """A ``transformers`` image-classification model with its image processor (offline unless --download-weights)."""
     transformers = require("transformers", "hf", "hf")

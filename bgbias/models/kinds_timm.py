@@ -68,7 +68,7 @@ def cached_pretrained_file(model: nn.Module) -> str | None:
     return None
 
 
-@MODEL_KINDS.register("timm", path_arg=True, help="<name> [--weights FILE | local timm cache | --download-weights]")
+@MODEL_KINDS.register("timm", path_arg=True, help="<name>")
 def timm_kind(name: str, opts: LoadOptions) -> LoadedModel:
     """A timm model, preprocessed as its data config says."""
     timm = require("timm", "timm", "timm")

@@ -216,7 +216,9 @@ def load_model(spec: str, weights: str | None = None, trust: bool = False, num_c
     """Build the model named by ``spec`` (``<kind>:<arg>``) in eval mode on the CPU."""
     kind, sep, rest = (spec or "").partition(":")
     if not sep or not rest or kind not in MODEL_KINDS:
-        valid = ", ".join(f"{k}:{MODEL_KINDS.entry(k).help}" for k in MODEL_KINDS.names())
+        first = ("torchvision", "torchscript", "checkpoint", "module")
+        names = sorted(MODEL_KINDS.names(), key=lambda k: (first.index(k) if k in first else len(first), k))
+        valid = ", ".join(f"{k}:{MODEL_KINDS.entry(k).help}" for k in names)
         raise ValueError(f"Unknown model spec {spec!r}; valid: {valid}.")
     opts = LoadOptions(weights, trust, num_classes, download, prompts,
                        tuple(class_names) if class_names is not None else None)
