@@ -72,6 +72,7 @@ from bgbias.audit.core import (
 )
 from bgbias.core.compose import compose
 from bgbias.core.layout import list_items
+from bgbias.core.record import build_record
 from bgbias.core.seeding import numpy_rng
 from bgbias.models.load import LoadedModel
 
@@ -386,6 +387,8 @@ def run_challenge(cfg: ChallengeConfig, out: str | os.PathLike | None = None, lo
         "forwards": int(s["forwards"]), "clean_forwards": int(s["clean_forwards"]),
         "analysis_forwards": int(analysis_forwards), "exhaustive_forwards": n * n_bg,
         "seconds": round(time.time() - t0, 3), "skipped": skipped + s["skipped"],
+        "record": build_record(audit.model.files, audit.model.module, audit.device, cfg.seed, data,
+                               audit.preprocess.to_dict()),
     }
     if state_path and state_path.is_file():
         state_path.unlink()

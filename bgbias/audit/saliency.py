@@ -31,6 +31,7 @@ from bgbias.audit.core import Audit, AuditConfig, bootstrap_ci, chw, open_audit
 from bgbias.audit.evaluate import resolve_variants
 from bgbias.core.io import read_image, read_mask, write_png
 from bgbias.core.layout import find_mask, list_items, safe_join, sanitize_name
+from bgbias.core.record import build_record
 from bgbias.core.sample import BadSample
 from bgbias.audit.saliency_methods import DEFAULT_METHODS, SALIENCY_METHODS, Target, find_target
 from bgbias.audit.saliency_methods import attribute as attribute_with
@@ -156,6 +157,8 @@ def run_saliency(cfg: SaliencyConfig, out: str | Path = "saliency.json",
                         result["overlays"].append({"method": m, "variant": v, "id": r[0].id, "label": r[0].label,
                                                    "fg_share": None if np.isnan(s) else s,
                                                    "path": f"{overlay_dir.name}/{rel.as_posix()}"})
+    result["record"] = build_record(audit.model.files, audit.model.module, audit.device, cfg.seed, data,
+                                    result["preprocess"])
     for m in cfg.methods:
         result["methods"][m] = {v: _summary(rows, audit.classes, numpy_rng(cfg.seed, "saliency-ci", m, v),
                                             cfg.n_bootstrap) for v, rows in per_image[m].items()}

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bgbias.core.io import write_json
+from bgbias.core.record import build_record
 from bgbias.core.seeding import derive_seed, torch_generator
 from bgbias.models.checkpoint import load_checkpoint, safe_torch_load, save_checkpoint
 from bgbias.models.nets import ARCHS, create_arch
@@ -219,5 +220,7 @@ def train(cfg: TrainConfig, progress: bool = True, stop_after: int | None = None
                "families_seen": meta["families_seen"], "config": config, "history": history, "final": final,
                "n_train": len(train_rows), "n_val": n_val, "skipped": data.skipped}
     save_checkpoint(out / "model.pt", model.state_dict(), {**meta, "epoch": len(history)})
+    metrics["record"] = build_record([cfg.pretrained] if cfg.pretrained else [], model, device, cfg.seed, cfg.data,
+                                     preprocess)
     write_json(out / "metrics.json", metrics)
     return metrics
