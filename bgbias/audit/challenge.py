@@ -41,6 +41,7 @@ resumes and gives the identical result; the file is removed when done
 from __future__ import annotations
 
 import os
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -70,6 +71,7 @@ from bgbias.audit.core import (
     foreground_items,
     open_audit,
 )
+from bgbias.audit.mask_check import check_masks
 from bgbias.core.compose import compose
 from bgbias.core.layout import list_items
 from bgbias.core.record import build_record
@@ -313,6 +315,9 @@ def run_challenge(cfg: ChallengeConfig, out: str | os.PathLike | None = None, lo
             raise ValueError(f"{name} must be >= 1, got {v}.")
     audit = open_audit(cfg, loaded)
     fg_items, masks = foreground_items(data)
+    mask_check = check_masks(masks)
+    if mask_check["warning"]:
+        print(f"warning: {mask_check['warning']}", file=sys.stderr)
     try:
         bg_items = list_items(data, "only_bg_t")
     except ValueError:
@@ -386,7 +391,7 @@ def run_challenge(cfg: ChallengeConfig, out: str | os.PathLike | None = None, lo
         "fool_subset_size": int(min(cfg.fool_subset, n)),
         "forwards": int(s["forwards"]), "clean_forwards": int(s["clean_forwards"]),
         "analysis_forwards": int(analysis_forwards), "exhaustive_forwards": n * n_bg,
-        "seconds": round(time.time() - t0, 3), "skipped": skipped + s["skipped"],
+        "seconds": round(time.time() - t0, 3), "skipped": skipped + s["skipped"], "masks": mask_check,
         "record": build_record(audit.model.files, audit.model.module, audit.device, cfg.seed, data,
                                audit.preprocess.to_dict()),
     }
