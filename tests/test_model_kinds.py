@@ -253,3 +253,30 @@ def test_clip_bad_inputs(tiny_clip, tmp_path):
         load_model("clip:ViT-Nope", weights=str(d / "w.pt"), class_names=["a"])
     with pytest.raises(ValueError, match="not in the local cache"):
         load_model("clip:ViT-B-32:laion2b_s34b_b79k", class_names=["a"])
+
+
+@pytest.mark.parametrize("spec,module,extra", [("timm:resnet18", "timm", "timm"), ("hf:some/model", "transformers", "hf"),
+                                                ("clip:ViT-B-32", "open_clip", "clip")])
+def test_a_missing_extra_is_one_sentence(spec, module, extra, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, module, None)          # import now raises ImportError
+    with pytest.raises(ValueError, match=rf"needs the {module} package, which is not installed; install it with "
+                                         rf"pip install 'bgbias\[{extra}\]'\."):
+        load_model(spec, weights="w.pth", class_names=["a"])
+
+
+def test_challenge_with_a_centre_crop_keeps_masks_aligned():
+    """A timm-style resize-then-crop applies to the image and its mask alike, so composites stay exact."""
+    from types import SimpleNamespace
+
+    from bgbias.audit.challenge import _prep_fg
+    from bgbias.models.load import Preprocess
+
+    pp = Preprocess("crop", (6, 6), resize_to=8)             # keep 8 px, crop the central 6 x 6
+    img = torch.arange(3 * 8 * 8, dtype=torch.float32).reshape(3, 8, 8) / 192
+    mask = torch.zeros(8, 8)
+    mask[1:4, 2:5] = 1.0
+    x, m = _prep_fg(SimpleNamespace(preprocess=pp, device="cpu"), img, mask, (6, 6))
+    torch.testing.assert_close(x, img[:, 1:7, 1:7])
+    torch.testing.assert_close(m[0], mask[1:7, 1:7])
