@@ -52,6 +52,7 @@ from bgbias.synth.build_worker import (
 from bgbias.synth.spurious import DEFAULT_SPURIOUS_FAMILIES, SpuriousSource
 from bgbias.synth.variants import Variant, plan_pairing, resolve_variants
 
+IMAGE_FORMATS = {"jpeg": ".JPEG", "png": ".png"}   # jpeg: the release's extension, read by its official scripts
 PARTIAL = ".bgbias-build.json"   # marks an unfinished build (config to compare on resume); removed at the end
 
 
@@ -67,6 +68,15 @@ class BuildConfig:
     chunk_size: int = 64
     png_compression: int = 1
     holdout: float | None = None                 # fraction of each class to 'val' where the source has no split
+    image_format: str = "png"                    # png (lossless) | jpeg (the IN-9 release's .JPEG files)
+    mask_threshold: float | None = None          # binarise masks (m >= t) for every variant and fg_mask file
+
+    def __post_init__(self) -> None:
+        if self.image_format not in IMAGE_FORMATS:
+            raise ValueError(f"Unknown image format {self.image_format!r}; valid: {', '.join(IMAGE_FORMATS)}.")
+        if self.mask_threshold is not None and not 0 < self.mask_threshold <= 1:
+            raise ValueError(f"The mask threshold must be in (0, 1], got {self.mask_threshold}.")
+
 
 
 def assign_splits(source: Source, holdout: float | None, seed: int) -> list[str]:

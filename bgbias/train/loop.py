@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bgbias.core.io import write_json
+from bgbias.core.record import build_record
 from bgbias.core.seeding import derive_seed, torch_generator
 from bgbias.models.checkpoint import load_checkpoint, safe_torch_load, save_checkpoint
 from bgbias.models.nets import ARCHS, create_arch
@@ -274,6 +275,8 @@ def train(cfg: TrainConfig, progress: bool = True, stop_after: int | None = None
                "steps": {ph: {"batch_size": b, "passes_per_epoch": k} for ph, (b, k) in plans.items()},
                "pretrained": model.pretrained_report, "skipped": data.skipped}
     save_checkpoint(out / "model.pt", model.state_dict(), {**meta, "epoch": len(history)})
+    metrics["record"] = build_record([cfg.pretrained] if cfg.pretrained else [], model, device, cfg.seed, cfg.data,
+                                     preprocess)
     write_json(out / "metrics.json", metrics)
     return metrics
 
