@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bgbias.models.checkpoint import load_checkpoint, safe_torch_load
+from bgbias.models.checkpoint import _first_line, load_checkpoint, safe_torch_load
 from bgbias.models.nets import ARCHS, create_arch
 
 MODEL_KINDS = ("torchvision", "torchscript", "checkpoint", "module")
@@ -164,7 +164,7 @@ def load_weights(module: nn.Module, sd: dict[str, torch.Tensor], arch: str, path
         module.load_state_dict(sd, strict=True)
     except RuntimeError as e:
         lines = [ln.strip() for ln in str(e).splitlines()[1:] if ln.strip()]
-        detail = lines[0][:200] if lines else str(e).splitlines()[0][:200]
+        detail = _first_line(RuntimeError(lines[0]) if lines else e, 200)
         raise ValueError(f"Weights file {path} does not fit architecture '{arch}' (it was probably saved from "
                          f"another architecture or class count): {detail}") from None
 
@@ -201,7 +201,7 @@ def load_model(spec: str, weights: str | None = None, trust: bool = False,
         try:
             module = torch.jit.load(str(path), map_location="cpu")
         except (RuntimeError, ValueError) as e:
-            raise ValueError(f"Could not load {path} as TorchScript ({str(e).splitlines()[0][:120]}); "
+            raise ValueError(f"Could not load {path} as TorchScript ({_first_line(e, 120)}); "
                              "for a bgbias checkpoint use checkpoint:FILE, for a state dict torchvision:<arch>.") \
                 from None
         lm = LoadedModel(module, spec)
@@ -224,7 +224,7 @@ def load_model(spec: str, weights: str | None = None, trust: bool = False,
         try:
             factory = getattr(importlib.import_module(mod_name), fn_name)
         except (ImportError, AttributeError) as e:
-            raise ValueError(f"Cannot import {fn_name!r} from module {mod_name!r} ({e}).") from None
+            raise ValueError(f"Cannot import {fn_name!r} from module {mod_name!r} ({_first_line(e)}).") from None
         module = factory(num_classes=num_classes) if num_classes else factory()
         if not isinstance(module, nn.Module):
             raise TypeError(f"{rest} returned {type(module).__name__}, expected a torch.nn.Module.")

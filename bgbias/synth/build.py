@@ -24,14 +24,19 @@ import json
 import os
 import re
 import shutil
+import uuid
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
-from bgbias.core.executors import check_executor, map_ordered
+from concurrent.futures.process import BrokenProcessPool
+
+from bgbias.core.executors import WorkerCrashed, check_executor, map_ordered, run_isolated
 from bgbias.core.executors import progress as progress_bar
-from bgbias.core.io import read_json, write_json
-from bgbias.core.layout import IN9_VARIANTS, MANIFEST, class_dirname, sanitize_name
+from bgbias.core.io import OutputError, read_json, write_json
+from bgbias.core.layout import IN9_VARIANTS, MANIFEST, MASK_DIR, SPLIT, class_dirname, sanitize_name
+from bgbias.core.lock import LOCK_NAME, FolderLock
 from bgbias.core.version import __version__
 from bgbias.sources.base import Source, create_source
 from bgbias.synth.backgrounds import MeanBackground
@@ -41,11 +46,14 @@ from bgbias.synth.build_worker import (
     _init_worker,
     _mixed_task,
     _sample_task,
+    crash_record,
+    split_task,
 )
 from bgbias.synth.spurious import DEFAULT_SPURIOUS_FAMILIES, SpuriousSource
 from bgbias.synth.variants import Variant, plan_pairing, resolve_variants
 
 PARTIAL = ".bgbias-build.json"   # marks an unfinished build (config to compare on resume); removed at the end
+PRELOAD = "bgbias.synth.build_worker"
 
 
 @dataclass(frozen=True)
@@ -79,54 +87,59 @@ def parse_size(text: str | Sequence[int] | None) -> tuple[int, int] | None:
 
 
 
-# ---------------------------------------------------------------- worker side
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 def _map(fn: Callable, tasks: list, state: dict, workers: int, executor: str) -> Iterator:
-    return map_ordered(fn, tasks, initializer=_init_worker, initargs=(state,), workers=workers,
-                       executor=executor, preload="bgbias.synth.build_worker")
+    """``map_ordered`` that survives a worker dying (a segfault in a C decoder, the OOM killer).
+
+    The pool breaks for every task in flight, so the first unfinished task is rerun alone in a
+    fresh process; if it crashes again, each of its samples is, and a sample that still kills its
+    process becomes a named ``worker_crash`` drop. Then the pool restarts on the remaining tasks.
+    """
+    done = 0
+    while done < len(tasks):
+        try:
+            for res in map_ordered(fn, tasks[done:], initializer=_init_worker, initargs=(state,), workers=workers,
+                                   executor=executor, preload=PRELOAD):
+                done += 1
+                yield res
+            return
+        except BrokenProcessPool:
+            yield from _isolated(fn, tasks[done], state)
+            done += 1
+
+
+def _isolated(fn: Callable, task, state: dict) -> Iterator:
+    """``task`` in its own process; on a crash, each of its samples in its own process."""
+    try:
+        yield run_isolated(fn, task, initializer=_init_worker, initargs=(state,), preload=PRELOAD)
+        return
+    except WorkerCrashed:
+        pass
+    for sub, i in split_task(fn, task):
+        try:
+            yield run_isolated(fn, sub, initializer=_init_worker, initargs=(state,), preload=PRELOAD)
+        except WorkerCrashed as e:
+            yield crash_record(fn, sub, i, state, e)
 
 
 # ---------------------------------------------------------------- the library call
 
 def _prepare_out(out: Path, identity: dict) -> None:
-    """Refuse a folder holding something else; clean temp files of a killed run; mark the build as partial."""
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"Output {out} exists and is not a folder.")
-    out.mkdir(parents=True, exist_ok=True)
+    """Refuse a folder holding something else; clean temp files of a killed run; mark the build as partial.
+
+    The caller holds the folder's lock. A symlink at the cache folder is refused: the cache is
+    deleted and rewritten, so following one would delete and write outside OUT.
+    """
     identity = json.loads(json.dumps(identity, default=str))
+    if (out / CACHE).is_symlink() or ((out / CACHE).exists() and not (out / CACHE).is_dir()):
+        raise ValueError(f"{out / CACHE} is a symlink or a file, not the build's cache folder; "
+                         "remove it (bgbias writes only inside the output folder).")
     previous = None
     for name in (PARTIAL, MANIFEST):
         if (out / name).is_file():
             prev = read_json(out / name)
             previous = {k: prev.get(k) for k in identity}
             break
-    if previous is None and any(out.iterdir()):
+    if previous is None and any(p.name != LOCK_NAME for p in out.iterdir()):
         raise ValueError(f"Output folder {out} is not empty and holds no bgbias build; choose an empty or new folder.")
     if previous is not None and previous != identity:
         diff = sorted(k for k in identity if previous.get(k) != identity[k])
@@ -170,12 +183,21 @@ def build(source: Source | str, out: str | os.PathLike, config: BuildConfig = Bu
     cfg_dict = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items()}
     cfg_dict["variants"] = [v.name for v in variants]
     identity = {"tool": "bgbias", "version": __version__, "source": source.describe(), "config": cfg_dict}
-    _prepare_out(out, identity)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"Output {out} exists and is not a folder.")
+    with FolderLock(out, "bgbias build"):
+        _prepare_out(out, identity)
+        return _build(source, out, config, variants, identity, workers, executor, progress)
 
+
+def _build(source: Source, out: Path, config: BuildConfig, variants: list[Variant], identity: dict,
+           workers: int, executor: str, progress: bool) -> dict:
+    classes, ids, labels = list(source.classes), source.ids(), source.labels()
+    n, C = len(ids), len(classes)
     class_dirs = [class_dirname(c, name, C) for c, name in enumerate(classes)]
     state = {"source": source, "variants": variants, "config": config, "out": out.resolve(), "ids": ids,
              "labels": labels, "class_dirs": class_dirs, "written": {v.name for v in variants if not v.pairing},
-             "fit_size": config.size}
+             "fit_size": config.size, "run": uuid.uuid4().hex[:12]}
     cs = max(1, int(config.chunk_size))
     chunks = [list(range(a, min(n, a + cs))) for a in range(0, n, cs)]
 
@@ -185,7 +207,8 @@ def build(source: Source | str, out: str | os.PathLike, config: BuildConfig = Bu
             state["fit_size"] = _first_size(source, config)
         bg = MeanBackground(True, state["fit_size"])
         for res in progress_bar(_map(_fit_task, chunks, state, workers, executor), len(chunks), "fit mean", progress):
-            bg.add_sums(res["sums"])
+            if res is not None:   # None: a sample that crashed its worker (dropped by the samples pass)
+                bg.add_sums(res["sums"])
         if bg.mean_image is None:
             raise ValueError(f"No usable sample in {source.spec!r} to fit the mean background on.")
         for v in fitted:
@@ -209,9 +232,15 @@ def build(source: Source | str, out: str | os.PathLike, config: BuildConfig = Bu
     pairing: dict[str, dict[str, str]] = {}
     partners: dict[str, dict[str, int]] = {}
     pos = {ids[i]: i for i in kept}
+    warnings_: list[str] = []
     for v in (v for v in variants if v.pairing):
         plan, missing = plan_pairing([ids[i] for i in kept], [labels[i] for i in kept], C, config.seed,
                                      v.name, v.pairing)
+        if v.pairing == "next" and C == 1:   # class (y + 1) mod 1 is y itself: images would pair with themselves
+            missing = {**missing, **{sid: f"{v.name}: the source has one class, so there is no next class to take "
+                                          "a background from" for sid in plan}}
+            plan = {}
+            warnings_.append(f"{v.name} is empty: the source has one class, so no image has a next-class background.")
         pairing[v.name] = plan
         partners[v.name] = {f: pos[b] for f, b in plan.items()}
         dropped += [{"id": sid, "reason": why, "stage": "variant", "variant": v.name} for sid, why in missing.items()]
@@ -228,11 +257,35 @@ def build(source: Source | str, out: str | os.PathLike, config: BuildConfig = Bu
                 for name in r["variant"].split(","):
                     pairing[name].pop(r["id"], None)
 
+    empty = _empty_classes(out, variants, kept, labels, class_dirs, classes)
+    if empty:
+        warnings_.append(f"{len(empty)} class(es) kept no image ({', '.join(empty)}); their folders are empty.")
     manifest = _manifest(identity, variants, kept, ids, labels, class_dirs, classes, pairing, dropped)
+    manifest["empty_classes"], manifest["warnings"] = empty, warnings_
+    for w in warnings_:
+        warnings.warn(w, BuildWarning, stacklevel=3)
     shutil.rmtree(out / CACHE, ignore_errors=True)
     write_json(out / MANIFEST, manifest)
     (out / PARTIAL).unlink(missing_ok=True)
     return manifest
+
+
+class BuildWarning(UserWarning):
+    """A build that completed but whose output lacks something a user may expect (also in ``manifest['warnings']``)."""
+
+
+def _empty_classes(out: Path, variants: list[Variant], kept: list[int], labels: list[int], class_dirs: list[str],
+                   classes: list[str]) -> list[str]:
+    """Create the folders of classes with no kept image, so class folders stay numbered 0..C-1; their names."""
+    have = {labels[i] for i in kept}
+    empty = [c for c in range(len(classes)) if c not in have]
+    try:
+        for c in empty:
+            for d in [v.dirname for v in variants] + [MASK_DIR]:
+                (out / d / SPLIT / class_dirs[c]).mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputError.of(out, e) from None
+    return [classes[c] for c in empty]
 
 
 def _first_size(source: Source, config: BuildConfig) -> tuple[int, int]:
