@@ -40,13 +40,16 @@ class FolderLock:
     def acquire(self) -> "FolderLock":
         if fcntl is None or self._fd is not None:
             return self
+        from bgbias.core.io import OutputError
+
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise OutputError.of(self.folder, e) from None
+        try:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666)
         except OSError as e:
-            from bgbias.core.io import OutputError
-
-            raise OutputError.of(self.path, e) from None
+            raise OutputError.of(self.folder, e) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
