@@ -8,6 +8,8 @@ identical result after resume) are the ``test_*`` functions of this package; see
 from __future__ import annotations
 
 import io
+import os
+import signal
 import json
 import struct
 import zlib
@@ -112,3 +114,26 @@ def coco_dataset(root: Path, segmentations: dict[str, object], categories: list 
 
 
 GOOD_POLYGON = [[4.0, 4.0, 16.0, 4.0, 16.0, 16.0, 4.0, 16.0]]
+
+
+class CrashingFolderSource:
+    """A ``folder:`` source whose ``load`` kills its own process (SIGSEGV, like a crashing C decoder) for
+    the ids in ``crash``, but only inside a worker process (the main process must survive to see it)."""
+
+    def __init__(self, images: str, masks: str, crash: set[str]):
+        from bgbias.sources.readers import FolderSource
+
+        self.inner, self.crash, self.main_pid = FolderSource(images, masks), set(crash), os.getpid()
+
+    def __getattr__(self, name):
+        if name == "inner":
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def load(self, i: int):
+        if self.inner.ids()[i] in self.crash and os.getpid() != self.main_pid:
+            os.kill(os.getpid(), signal.SIGSEGV)
+        return self.inner.load(i)
