@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _pytest(code: Path, marker: str, args: list[str], mem_gb: float) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(code), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": str(code), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
     def limit() -> None:   # a memory bomb in the code under test fails its case instead of the machine
         resource.setrlimit(resource.RLIMIT_AS, (int(mem_gb * 2 ** 30),) * 2)
