@@ -6,7 +6,6 @@ import json
 import _layouts as L
 import numpy as np
 import pytest
-import torch
 
 from bgbias.cli import main
 from bgbias.core.io import read_image

@@ -34,7 +34,7 @@ The "worst" background of a fooled foreground is the first fooling one found
 backgrounds per class are measured afterwards on one fixed, seeded subset of
 foregrounds (``fool_subset``) so rates are comparable across backgrounds.
 Progress is saved atomically to ``STATE`` (default ``OUT.state``) every
-``save_every`` foregrounds or ``save_seconds``; rerunning the same command
+``save_every`` foregrounds or ``save_seconds``, and on SIGTERM/SIGINT; rerunning the same command
 resumes and gives the identical result; the file is removed when done
 (the state and its checks live in :mod:`bgbias.audit.challenge_state`).
 """
@@ -53,6 +53,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from bgbias.audit.challenge_state import (
+    StopSignals,
     FOOLED,
     ROBUST,
     SKIPPED,
@@ -349,8 +350,12 @@ def run_challenge(cfg: ChallengeConfig, out: str | os.PathLike | None = None, lo
     paths = [it_.path for it_ in fg_items]
     since, saved_at = 0, time.time()
     with tqdm(total=n_fg, initial=int((s["verdict"] != UNKNOWN).sum()), desc="challenge", unit="fg",
-              disable=not cfg.progress) as bar:
+              disable=not cfg.progress) as bar, StopSignals() as stop:
         while s["active"] or s["next_fg"] < n_fg:
+            if stop.signal is not None:   # SIGTERM/SIGINT: save between rounds (a consistent state), then stop
+                if state_path:
+                    save_state(state_path, s)
+                raise KeyboardInterrupt(f"{stop.signal} received; progress saved to {state_path}")
             before = int((s["verdict"] == SKIPPED).sum())
             search.fill(it, s["skipped"], paths)
             done = int((s["verdict"] == SKIPPED).sum()) - before

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from bgbias.models.checkpoint import load_checkpoint, safe_torch_load
+from bgbias.models.checkpoint import _first_line, load_checkpoint, safe_torch_load
 from bgbias.models.load import MODEL_KINDS, PRESETS, LoadedModel, LoadOptions, preprocess_from_meta
 from bgbias.models.nets import ARCHS, create_arch
 
@@ -55,7 +55,7 @@ def load_weights(module: nn.Module, sd: dict[str, torch.Tensor], arch: str, path
         module.load_state_dict(sd, strict=True)
     except RuntimeError as e:
         lines = [ln.strip() for ln in str(e).splitlines()[1:] if ln.strip()]
-        detail = lines[0][:200] if lines else str(e).splitlines()[0][:200]
+        detail = _first_line(RuntimeError(lines[0]) if lines else e, 200)
         raise ValueError(f"Weights file {path} does not fit architecture '{arch}' (it was probably saved from "
                          f"another architecture or class count): {detail}") from None
 
@@ -92,7 +92,7 @@ def torchscript_kind(file: str, opts: LoadOptions) -> LoadedModel:
     try:
         module = torch.jit.load(str(path), map_location="cpu")
     except (RuntimeError, ValueError) as e:
-        raise ValueError(f"Could not load {path} as TorchScript ({str(e).splitlines()[0][:120]}); "
+        raise ValueError(f"Could not load {path} as TorchScript ({_first_line(e, 120)}); "
                          "for a bgbias checkpoint use checkpoint:FILE, for a state dict torchvision:<arch>.") from None
     return LoadedModel(module, f"torchscript:{file}", files=[file])
 

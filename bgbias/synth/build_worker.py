@@ -13,7 +13,7 @@ from typing import Any, Sequence
 import cv2
 import numpy as np
 
-from bgbias.core.io import atomic_write_bytes, write_npy, write_png
+from bgbias.core.io import OutputError, atomic_write_bytes, write_npy, write_png
 from bgbias.core.layout import MASK_DIR, safe_join
 from bgbias.core.sample import BadSample, Drop, Sample, check_mask_usable
 from bgbias.synth.backgrounds import MeanBackground, only_bg_t, resize_crop
@@ -118,24 +118,50 @@ def _sample_task(task: dict) -> list[dict]:
             rec: dict[str, Any] = {"i": i}
             if need_tiles:
                 h, w = s.size
-                if cache is None:  # streamed to a temp file, renamed when the chunk is done
-                    os.makedirs(os.path.join(_STATE["out"], CACHE), exist_ok=True)
-                    cache = open(_cache_file(task["k"]) + f".{os.getpid()}.tmp", "wb")
-                cache.write(np.ascontiguousarray(s.image).data)
-                cache.write(np.ascontiguousarray(tiled).data)
-                rec["cache"] = (task["k"], offset, h, w)
+                key = task.get("key", f"{task['k']:06d}")
+                try:
+                    if cache is None:  # streamed to a temp file, renamed when the chunk is done
+                        os.makedirs(os.path.join(_STATE["out"], CACHE), exist_ok=True)
+                        cache = open(_cache_file(key) + f".{os.getpid()}.tmp", "wb")
+                    cache.write(np.ascontiguousarray(s.image).data)
+                    cache.write(np.ascontiguousarray(tiled).data)
+                except OSError as e:
+                    raise OutputError.of(_cache_file(key), e) from None
+                rec["cache"] = (key, offset, h, w)
                 offset += 2 * h * w * 3
             records.append(rec)
     finally:
         if cache is not None:
             cache.close()
     if cache is not None:
-        os.replace(cache.name, _cache_file(task["k"]))
+        os.replace(cache.name, _cache_file(task.get("key", f"{task['k']:06d}")))
     return records
 
 
-def _cache_file(k: int) -> str:
-    return os.path.join(_STATE["out"], CACHE, f"{k:06d}.bin")
+def _cache_file(key: str) -> str:
+    """One file per chunk and run: the run token in the name means no run can read another run's offsets."""
+    return os.path.join(_STATE["out"], CACHE, f"{key}.{_STATE['run']}.bin")
+
+
+def split_task(fn, task) -> list[tuple[Any, int]]:
+    """``task`` cut into one task per sample (with that sample's index), to find the one that crashes a worker."""
+    if fn is _fit_task:
+        return [([i], i) for i in task]
+    if fn is _sample_task:
+        return [({"chunk": [i], "k": task["k"], "key": f"{task['k']:06d}-{i}"}, i) for i in task["chunk"]]
+    return [({"chunk": [i], "partners": task["partners"], "cache": task["cache"]}, i) for i in task["chunk"]]
+
+
+def crash_record(fn, task, i: int, state: dict, exc: BaseException) -> Any:
+    """The result a task of one sample gives when that sample killed its worker process: a named drop."""
+    reason = f"worker_crash: the worker process died on this sample ({exc})"
+    sid = state["ids"][i]
+    if fn is _fit_task:
+        return None
+    if fn is _sample_task:
+        return [{"i": i, "id": sid, "reason": reason, "stage": "load"}]
+    names = [name for name, p in task["partners"].items() if sid in p]
+    return [{"i": i, "id": sid, "reason": reason, "stage": "variant", "variant": ",".join(names)}] if names else []
 
 
 def _cached(i: int, which: int) -> np.ndarray | None:
@@ -241,6 +267,30 @@ def _mixed_task(task: dict) -> list[dict]:
 CACHE = ".bgbias-cache"          # raw originals + Only-BG-T per chunk, for the mixed pass; removed at the end
 
 
+def _bounded_resize_crop(arr: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """:func:`resize_crop` with memory bounded by the output size.
+
+    Resizing first and cropping after would make a 1x20000 image at 224x224 a 224x4,480,000
+    intermediate (gigabytes); when the resized image would be over 4x the output, the source
+    region the crop keeps is cut out first and only it is resized (same geometry).
+    """
+    (h, w), (th, tw) = arr.shape[:2], size
+    scale = max(th / h, tw / w)
+    nh, nw = max(th, round(h * scale)), max(tw, round(w * scale))
+    if nh * nw <= 4 * th * tw:
+        return resize_crop(arr, size)
+    oy, ox = (nh - th) // 2, (nw - tw) // 2
+    y0, x0 = int(np.floor(oy / scale)), int(np.floor(ox / scale))
+    y1, x1 = min(h, int(np.ceil((oy + th) / scale)) + 1), min(w, int(np.ceil((ox + tw) / scale)) + 1)
+    region = np.ascontiguousarray(arr[y0:max(y1, y0 + 1), x0:max(x1, x0 + 1)])
+    # the region resized by the same scale, then the crop's offset inside it
+    rh, rw = max(th, round(region.shape[0] * scale)), max(tw, round(region.shape[1] * scale))
+    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+    out = cv2.resize(region, (rw, rh), interpolation=interp)
+    dy, dx = min(max(0, round(oy - y0 * scale)), rh - th), min(max(0, round(ox - x0 * scale)), rw - tw)
+    return np.ascontiguousarray(out[dy:dy + th, dx:dx + tw])
+
+
 def fit_sample(sample: Sample, size: tuple[int, int] | None) -> Sample:
     """Resize image, mask and boxes together (shorter side to cover ``size``, then centre crop)."""
     if size is None or sample.size == tuple(size):
@@ -255,8 +305,8 @@ def fit_sample(sample: Sample, size: tuple[int, int] | None) -> Sample:
              min(tw, max(0, round(x1 * nw / w) - ox)), min(th, max(0, round(y1 * nh / h) - oy)))
         if b[2] > b[0] and b[3] > b[1]:
             boxes.append(b)
-    mask = None if sample.mask is None else np.clip(resize_crop(sample.mask.astype(np.float32), size), 0, 1)
-    return sample.with_(image=resize_crop(sample.image, size), mask=mask, boxes=tuple(boxes))
+    mask = None if sample.mask is None else np.clip(_bounded_resize_crop(sample.mask.astype(np.float32), size), 0, 1)
+    return sample.with_(image=_bounded_resize_crop(sample.image, size), mask=mask, boxes=tuple(boxes))
 
 
 _STATE: dict[str, Any] = {}
