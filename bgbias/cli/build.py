@@ -19,6 +19,10 @@ def _source(args):
 
 
 def build_command(args) -> int:
+    if args.task == "detection":
+        from bgbias.detect.cli_glue import build_detection_command
+
+        return build_detection_command(args)
     from bgbias.synth.build import BuildConfig, build, parse_size
     from bgbias.synth.spurious import DEFAULT_SPURIOUS_FAMILIES
 
@@ -64,6 +68,8 @@ def register(sub) -> None:
                         "with probability RHO, a random other family otherwise; recorded in the manifest")
     p.add_argument("--spurious-families", metavar="LIST",
                    help=f"comma list of background families for --spurious (default: {','.join(DEFAULT_SPURIOUS_FAMILIES)})")
+    p.add_argument("--task", choices=("classification", "detection"), default="classification",
+                   help="detection: keep every instance and box, write COCO json per variant (bgbias.detect.build)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     try:

@@ -11,6 +11,10 @@ def _limit(text: str) -> float | None:
 
 
 def train_command(args: argparse.Namespace) -> int:
+    if args.task == "detection":
+        from bgbias.detect.cli_glue import train_detection_command
+
+        return train_detection_command(args)
     from bgbias.train.loop import train
 
     families = tuple(f.strip() for f in args.families.split(",") if f.strip())
@@ -30,10 +34,14 @@ def register(sub) -> None:
     d = TrainConfig()
     p = sub.add_parser("train", help="train with a mitigation recipe (baseline, bg-augment, mixed-rand, adversarial)",
                        description=__doc__)
-    p.add_argument("--recipe", required=True, choices=RECIPES.names())
+    p.add_argument("--recipe", required=True, choices=sorted(set(RECIPES.names()) | {"baseline", "bg-augment"}))
+    p.add_argument("--task", choices=("classification", "detection"), default="classification",
+                   help="detection: fine-tune a torchvision detector (recipes baseline, bg-augment; "
+                        "--arch tiny_centernet, tiny_frcnn or a torchvision detection arch)")
     p.add_argument("--data", required=True, help="source spec (digits, mnist:DIR, folder:DIR, in9:DIR) or build dir")
     p.add_argument("--out", required=True, help="run folder: model.pt, last.pt, metrics.json")
-    p.add_argument("--arch", default=d.arch, choices=list_archs())
+    p.add_argument("--arch", default=None, help=f"classification: {', '.join(list_archs())} (default {d.arch}); "
+                                                "detection: see --task")
     p.add_argument("--pretrained", help="initial weights (bgbias checkpoint or state_dict file)")
     p.add_argument("--epochs", type=int, default=d.epochs)
     p.add_argument("--batch-size", type=int, default=d.batch_size)
