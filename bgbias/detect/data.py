@@ -350,6 +350,27 @@ def _folder(path: str = "", classes: str | None = None, split: str | None = None
     return CocoDetSource(ann, images, classes, split or "val", seed or 0)
 
 
+class SplitView(DetSource):
+    """The images of one split of ``base`` (same ids, image ids and categories)."""
+
+    def __init__(self, base: DetSource, split: str):
+        super().__init__()
+        self.base, self.split = base, split
+        self._rows = [k for k, sp in enumerate(base.splits()) if sp == split]
+        if not self._rows:
+            raise ValueError(f"{base.spec} has no images in split {split!r}; its splits: "
+                             f"{', '.join(sorted(set(base.splits())))}.")
+        ids = base.ids()
+        self._ids, self._splits = [ids[k] for k in self._rows], [split] * len(self._rows)
+        self.spec, self.categories, self.scan_dropped = base.spec, base.categories, base.scan_dropped
+
+    def load(self, i: int) -> DetSample:
+        return self.base.load(self._rows[i])
+
+    def describe(self) -> dict:
+        return {**self.base.describe(), "n": len(self), "split": self.split}
+
+
 def create_det_source(spec: str, **kwargs: Any) -> DetSource:
     """``coco:FILE.json[:DIR]``, ``voc:DIR``, ``folder:DIR``, ``digits-det[:N]`` -> a detection source."""
     src = DET_SOURCES.create(spec, **kwargs)

@@ -43,6 +43,7 @@ class DetTrainConfig:
     arch_kwargs: dict = field(default_factory=dict)
     pretrained: str | None = None
     split: str = "train"
+    classes: str | None = None
     epochs: int = 8
     batch_size: int = 8
     lr: float = 0.02
@@ -64,14 +65,14 @@ class DetTrainConfig:
                              f"{self.batch_size}, {self.lr}.")
 
 
-def training_source(data: str, split: str) -> DetSource:
+def training_source(data: str, split: str, classes: str | None = None) -> DetSource:
     """A build folder's ``original/<split>`` (masks from ``fg_mask``), or a detection source spec."""
     root = Path(data).expanduser()
     if (root / "manifest.json").is_file():
         from bgbias.detect.build import open_build
 
         return open_build(root, "original", split)
-    return create_det_source(data)
+    return create_det_source(data, classes=classes)
 
 
 def _target(s: DetSample) -> dict[str, Any]:
@@ -110,7 +111,7 @@ def _load_pretrained(model: torch.nn.Module, path: str) -> dict[str, int]:
 
 def train_detector(config: DetTrainConfig, progress: bool = False) -> dict[str, Any]:
     """Train; returns the metrics written to ``OUT/metrics.json``."""
-    src = training_source(config.data, config.split)
+    src = training_source(config.data, config.split, config.classes)
     idx = [k for k, sp in enumerate(src.splits()) if sp == config.split]
     if not idx:
         raise ValueError(f"{config.data} has no images in split {config.split!r}.")
