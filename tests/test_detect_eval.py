@@ -169,3 +169,15 @@ def test_cli_eval_detect_on_predictions(build, tmp_path, capsys):
     assert "original" in capsys.readouterr().out
     assert json.loads(out.read_text())["variants"]["original"]["metrics"]["AP50"] == pytest.approx(1.0)
     assert main(["eval-detect", "--data", str(build), "--out", str(out)]) == 2
+
+
+def test_detection_figures_are_png(build, tmp_path):
+    from bgbias.detect.figures import ap_per_background_png, drop_per_category_png, example_boxes_png
+
+    preds = tmp_path / "p"
+    for name in ("original", "color_red", "mixed_rand"):
+        _write(preds, name, _as_results(_gt(build, name)["annotations"], dx=2.0))
+    _write(preds, "only_bg", [])
+    r = evaluate_detection(build, predictions=preds, bootstrap=5)
+    for png in (ap_per_background_png([r, r], ["a", "b"]), drop_per_category_png(r), example_boxes_png(r)):
+        assert png[:8] == b"\x89PNG\r\n\x1a\n"
