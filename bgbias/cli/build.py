@@ -19,6 +19,10 @@ def _source(args):
 
 
 def build_command(args) -> int:
+    if args.task == "detection":
+        from bgbias.detect.cli_glue import build_detection_command
+
+        return build_detection_command(args)
     import sys
     import warnings
 
@@ -77,6 +81,8 @@ def register(sub) -> None:
                         "with probability RHO, a random other family otherwise; recorded in the manifest")
     p.add_argument("--spurious-families", metavar="LIST",
                    help=f"comma list of background families for --spurious (default: {','.join(DEFAULT_SPURIOUS_FAMILIES)})")
+    p.add_argument("--task", choices=("classification", "detection"), default="classification",
+                   help="detection: keep every instance and box, write COCO json per variant (bgbias.detect.build)")
     p.add_argument("--image-format", choices=("png", "jpeg"), default="png",
                    help="png (lossless, default) or jpeg: the IN-9 release's .JPEG files, so its official scripts "
                         "(in9_eval.py, challenge_eval.py) run on the build unchanged; JPEG adds compression artefacts "

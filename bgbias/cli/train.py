@@ -13,7 +13,15 @@ def _limit(text: str) -> float | None:
 
 
 def train_command(args: argparse.Namespace) -> int:
+    if args.task == "detection":
+        from bgbias.detect.cli_glue import train_detection_command
+
+        return train_detection_command(args)
+    from bgbias.cli._common import registry_type
+    from bgbias.models.nets import ARCHS
     from bgbias.train.loop import train
+
+    args.arch = registry_type(ARCHS)(args.arch) if args.arch else TrainConfig().arch
 
     families = tuple(f.strip() for f in args.families.split(",") if f.strip())
     size = args.size
@@ -46,8 +54,11 @@ def register(sub) -> None:
                    help="a build dir (trains on its 'train' split, validates on 'val'; build with --holdout F) "
                         "or a source spec (digits, mnist:DIR, folder:DIR, in9:DIR) split by --val-fraction")
     p.add_argument("--out", required=True, help="run folder: model.pt, last.pt, metrics.json")
-    p.add_argument("--arch", default=d.arch, type=registry_type(ARCHS), metavar="NAME",
-                   help=f"architecture: {', '.join(ARCHS.names())}")
+    p.add_argument("--arch", metavar="NAME",
+                   help=f"architecture: {', '.join(ARCHS.names())} (default {d.arch}); with --task detection: "
+                        "tiny_centernet (default), tiny_frcnn or a torchvision detection arch")
+    p.add_argument("--task", choices=("classification", "detection"), default="classification",
+                   help="detection: fine-tune a detector on a detection build (recipes baseline, bg-augment)")
     p.add_argument("--pretrained", metavar="FILE",
                    help="fine-tune from local weights: a state dict (e.g. torchvision's resnet18-*.pth for "
                         "--arch resnet18) or a bgbias checkpoint; read with weights_only, the head is re-initialised")
