@@ -34,7 +34,7 @@ class TrainConfig:
     device: str = "cpu"
     size: tuple[int, int] | None = None          # resize inputs to (H, W); None keeps the data's size
     val_fraction: float = 0.1
-    families: tuple[str, ...] = ("color", "mean", "other_sample")   # bg-augment
+    families: tuple[str, ...] = ("bank",)        # bg-augment: background spec (bgbias.synth.bank), FAMILY[=W],...
     p: float = 0.8                               # bg-augment: chance a sample's background is swapped
     true_masks: bool = False                     # adversarial: use the data's masks instead of f_m
     clean_epochs: int | None = None              # adversarial stage 1 (None -> epochs)
