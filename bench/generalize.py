@@ -228,9 +228,46 @@ def learned_mask_iou(run: Path, train_data: TrainData, test_data: TrainData) -> 
 
 
 # ------------------------------------------------------------------ main
+def ensure_trained(cfg: TrainConfig, train_data: TrainData) -> None:
+    """Train unless ``cfg.out`` already holds a finished run of exactly this config (resumes a killed one)."""
+    done = Path(cfg.out) / "metrics.json"
+    if done.is_file():
+        old = json.loads(done.read_text())["config"]
+        new = json.loads(json.dumps(dataclasses.asdict(cfg)))
+        if {k: v for k, v in old.items() if k != "resume"} == {k: v for k, v in new.items() if k != "resume"}:
+            return
+        import shutil
+
+        shutil.rmtree(cfg.out)
+    train(cfg, progress=False, data=subset(train_data, slice(None)))
+
+
+def time_per_epoch(runs: dict[str, TrainConfig], names: list[str], train_data: TrainData, out: Path,
+                   rows: int, rounds: int) -> dict[str, float]:
+    """Seconds per epoch relative to baseline, measured interleaved (round-robin, ``rounds`` times, ``rows``
+    digits, one epoch each) so that the shared machine's load hits every recipe alike; median of paired ratios."""
+    import shutil
+
+    small = subset(train_data, slice(0, rows))
+    secs: dict[str, list[float]] = {n: [] for n in ["baseline", *[n for n in names if n != "baseline"]]}
+    for r in range(rounds):
+        for name in secs:
+            cfg = runs[name]
+            tdir = out / "_timing" / name
+            shutil.rmtree(tdir, ignore_errors=True)
+            pre = {}
+            if cfg.pretrained:
+                pre = dict(pretrained=str(out / "baseline" / "model.pt"), mask_epochs=1)
+            cfg = dataclasses.replace(cfg, out=str(tdir), epochs=1, resume=False, **pre)
+            hist = train(cfg, progress=False, data=subset(small, slice(None)))["history"]
+            secs[name].append([h["seconds"] for h in hist if h["phase"] != "clean"][-1])
+    base = np.array(secs["baseline"])
+    return {n: float(np.median(np.array(v) / base)) for n, v in secs.items()}
+
+
 def configs(args, out: Path) -> dict[str, TrainConfig]:
     """Every recipe at its defaults, except the epoch counts the bench uses to fit its time budget."""
-    common = dict(data="mnist", epochs=args.epochs, seed=0, val_fraction=0.0)
+    common = dict(data="mnist", epochs=args.epochs, seed=0, val_fraction=0.0, resume=True)
     stage1 = dict(pretrained=str(out / "baseline" / "model.pt"), clean_epochs=0, mask_epochs=args.mask_epochs)
     runs = {"baseline": TrainConfig(recipe="baseline", **common),
             "naive": TrainConfig(recipe="naive", **common),
@@ -265,6 +302,8 @@ def main() -> None:
                     help="extra run NAME=RECIPE;key=value;... (TrainConfig fields), e.g. 'p9=bg-augment;p=0.9'")
     ap.add_argument("--lofo", action="store_true", help="leave-one-family-out over the bank (bg-augment)")
     ap.add_argument("--boot", type=int, default=1000)
+    ap.add_argument("--time-rounds", type=int, default=3, help="interleaved timing rounds (0: skip)")
+    ap.add_argument("--time-rows", type=int, default=1280, help="digits per timing epoch")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default="/tmp/bgbias-generalize")
     args = ap.parse_args()
@@ -287,8 +326,7 @@ def main() -> None:
     results: dict[str, dict] = {}
     for name in names:
         cfg = dataclasses.replace(runs[name], out=str(out / name))
-        if not (out / name / "model.pt").is_file():
-            train(cfg, progress=False, data=subset(train_data, slice(None)))
+        ensure_trained(cfg, train_data)
         metrics = json.loads((out / name / "metrics.json").read_text())
         hist = [h for h in metrics["history"] if h["phase"] != "clean"]
         hits = correct(out / name / "model.pt", sets, test_data.labels)
@@ -305,6 +343,11 @@ def main() -> None:
               f"{results[name]['sec_per_epoch']:.1f} s/epoch" + (f"  mask IoU {results[name]['mask_iou']}"
                                                                  if "mask_iou" in results[name] else ""), flush=True)
 
+    if args.time_rounds:
+        ratios = time_per_epoch(runs, names, train_data, out, args.time_rows, args.time_rounds)
+        for k, v in ratios.items():
+            if k in results:
+                results[k]["time_ratio"] = v
     if args.lofo:
         results.update(lofo(args, out, train_data, test_data))
     report(results, args, time.time() - t_start)
@@ -324,8 +367,7 @@ def lofo(args, out: Path, train_data: TrainData, test_data: TrainData) -> dict[s
         name = f"lofo-{fam}"
         cfg = TrainConfig(recipe="bg-augment", data="mnist", epochs=args.epochs, seed=0, val_fraction=0.0,
                           families=rest, out=str(out / name))
-        if not (out / name / "model.pt").is_file():
-            train(cfg, progress=False, data=subset(train_data, slice(None)))
+        ensure_trained(cfg, train_data)
         bg = create_bank_background(fam).render(len(x), tuple(x.shape[-2:]), torch_generator(1, "lofo", fam))
         sets = {"Clean": x, fam: compose(x, bg, m)}
         hits = correct(out / name / "model.pt", sets, test_data.labels)
@@ -336,18 +378,17 @@ def lofo(args, out: Path, train_data: TrainData, test_data: TrainData) -> dict[s
 
 def report(results: dict[str, dict], args, seconds: float) -> None:
     main_rows = {k: v for k, v in results.items() if "left_out" not in v}
-    base_t = main_rows.get("baseline", {}).get("sec_per_epoch")
     cols = ["Clean", *HELD_OUT, "held-out avg", *[k for k, _ in PAPER_SIX], "families avg"]
     print(f"\nHeld-out generalisation, MNIST ({args.n_train} train / {args.n_test} test), accuracy % "
           f"[95% bootstrap]; chance 10.0; held-out = backgrounds no recipe draws from; families = paper 002's six "
           f"(drawn by the bank, so *seen* by bank-trained recipes); paper 002's proposal: {PAPER_AVG} on its six")
-    print("| recipe | " + " | ".join(cols) + " | s/epoch (x baseline) |")
+    print("| recipe | " + " | ".join(cols) + " | s/epoch (x baseline, interleaved) |")
     print("|---|" + "---|" * (len(cols) + 1))
     for name, r in main_rows.items():
         a = r["acc"]
         cells = [f"{a[c][0]:.1f}" if "avg" not in c else f"**{a[c][0]:.1f}** [{a[c][1]:.1f}, {a[c][2]:.1f}]"
                  for c in cols]
-        ratio = f" ({r['sec_per_epoch'] / base_t:.2f}x)" if base_t else ""
+        ratio = f" ({r['time_ratio']:.2f}x)" if "time_ratio" in r else ""
         print(f"| {name} | " + " | ".join(cells) + f" | {r['sec_per_epoch']:.1f}{ratio} |")
     ious = {k: v["mask_iou"] for k, v in main_rows.items() if v.get("mask_iou")}
     for k, v in ious.items():
