@@ -52,7 +52,7 @@ from bgbias.train.data import TrainData  # noqa: E402
 from bgbias.train.loop import train  # noqa: E402
 from bgbias.train.recipes import Recipe  # noqa: E402
 
-SHARED = ROOT.parent.parent / "shared" / "data" if (ROOT.parent.parent / "shared").is_dir() else Path("/work/shared/data")
+SHARED = next((p / "shared" / "data" for p in ROOT.parents if (p / "shared" / "data").is_dir()), Path("data"))
 PAPER_SIX = [("Stripes", "texture:stripes"), ("Board", "texture:board"), ("Border", "texture:border"),
              ("Circles", "texture:circles"), ("Clock", "texture:clock"), ("Random", "texture:noise")]
 HELD_OUT = ["Photos", "Voronoi", "Discs", "Lines"]
