@@ -80,8 +80,10 @@ def register(sub) -> None:
                    help="source specs only: the share held out for validation; a build dir trains on its "
                         "'train' split and validates on 'val'")
     p.add_argument("--families", default=",".join(d.families),
-                   help="bg-augment families: color, color:<c>, mean, mean_color, texture[:name], photos:DIR, "
-                        "other_sample, same_class, next_class")
+                   help="bg-augment backgrounds, FAMILY[=WEIGHT],...: bank (default), texture:* (random parameters), "
+                        "texture:NAME[:param], noise[:smooth|fractal|pixel], gradient, color:random, color:<c>, mean, "
+                        "mean_color, photos:DIR (random crops), other_sample, same_class, next_class; e.g. "
+                        "'bank,photos:DIR=0.5'")
     p.add_argument("--p", type=float, default=d.p, help="bg-augment: probability a background is swapped")
     p.add_argument("--true-masks", action="store_true", help="adversarial: use the data's masks, not f_m")
     p.add_argument("--clean-epochs", type=int, help="adversarial stage 1 epochs (default: --epochs)")
