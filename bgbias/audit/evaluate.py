@@ -17,11 +17,11 @@ from typing import Any, Sequence
 import numpy as np
 
 from bgbias.audit.core import AuditConfig, bootstrap_ci, open_audit, overlap_with_training, predict_paths
-from bgbias.core.layout import Item, list_items, list_variant_dirs, sanitize_name
+from bgbias.core.layout import SIGNAL_GROUPS, Item, list_items, list_variant_dirs, sanitize_name
+from bgbias.core.record import build_record
 from bgbias.core.seeding import numpy_rng
 from bgbias.models.load import LoadedModel
 
-SIGNAL_GROUPS = ("fg+bg+", "fg+bg-", "fg-bg+", "fg-bg-")
 
 
 _MIXED_FAMILIES = {"mixed", "mixed_rand", "mixed_same", "mixed_next", "other_sample", "other", "rand", "same", "next"}
@@ -152,6 +152,8 @@ def evaluate(config: EvalConfig, loaded: LoadedModel | None = None) -> dict[str,
     result["signal_groups"] = (signal_groups(keyed["only_fg"], keyed["only_bg_t"], audit.classes)
                                if "only_fg" in keyed and "only_bg_t" in keyed else None)
     result["overlap_with_training"] = overlap_with_training(audit, seen_ids, config.split)
+    result["record"] = build_record(audit.model.files, audit.model.module, audit.device, config.seed, data,
+                                    result["preprocess"])
     result["seconds"] = round(time.time() - t0, 3)
     return result
 

@@ -17,6 +17,7 @@ SPLITS = ("train", "val")      # the splits a build writes, in this order
 SPLIT = "val"                  # the default split: what audits read, and what a build without --holdout writes
 MASK_DIR = "fg_mask"
 MANIFEST = "manifest.json"
+SIGNAL_GROUPS = ("fg+bg+", "fg+bg-", "fg-bg+", "fg-bg-")   # paper 001: right on Only-FG? on Only-BG-T?
 # The release's 8 variant folders, in the paper's order. Defined here (not in variants.py) so that
 # readers of the layout such as the report and its plots need not import torch.
 IN9_VARIANTS = ("original", "only_bg_b", "only_bg_t", "no_fg", "only_fg", "mixed_same", "mixed_rand", "mixed_next")

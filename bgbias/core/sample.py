@@ -17,8 +17,10 @@ Box = tuple[int, int, int, int]
 """``(x0, y0, x1, y1)`` in pixels, 0-based, x1/y1 exclusive."""
 
 
-UNNAMED = "bad_sample"     # the rule of a reason given as plain text without one
 _RULE_PREFIX = re.compile(r"^([a-z][a-z0-9_]*): (.+)$", re.S)
+
+
+GENERIC_RULE = "bad_sample"     # a reader's reason without a rule of its own
 
 
 @dataclass(frozen=True)
@@ -32,8 +34,8 @@ class Drop:
 
     @property
     def reason(self) -> str:
-        """``rule: detail``, the text recorded in manifests (just ``detail`` for an unnamed rule)."""
-        return self.detail if self.rule == UNNAMED else f"{self.rule}: {self.detail}"
+        """``rule: detail``, the text recorded in manifests (just the detail for the generic rule)."""
+        return self.detail if self.rule == GENERIC_RULE else f"{self.rule}: {self.detail}"
 
     def to_dict(self) -> dict[str, Any]:
         return {"rule": self.rule, "reason": self.reason, "values": dict(self.values)}
@@ -44,7 +46,7 @@ class Drop:
         m = _RULE_PREFIX.match(reason)
         if rule is None and m:
             rule, reason = m.group(1), m.group(2)
-        return cls(rule or UNNAMED, reason, dict(values or {}))
+        return cls(rule or GENERIC_RULE, reason, dict(values or {}))
 
 
 class BadSample(Exception):

@@ -108,7 +108,11 @@ class SubsetSource(Source):
 def create_source(spec: str, **kwargs) -> Source:
     """``digits``, ``digits:64``, ``mnist:DIR``, ``folder:DIR`` (``masks=DIR``), ``in9:DIR``."""
     import inspect
+    import os
 
+    if isinstance(spec, str) and spec.partition(":")[0] not in SOURCES and os.path.isdir(spec):
+        kind = "in9" if os.path.isdir(os.path.join(spec, "original")) else "folder"
+        raise ValueError(f"Source {spec!r} is a folder, not a source spec; did you mean '{kind}:{spec}'?")
     family = SOURCES.parse(spec).family
     params = inspect.signature(SOURCES.entry(family).factory).parameters
     if not any(p.kind is p.VAR_KEYWORD for p in params.values()):

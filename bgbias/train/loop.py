@@ -27,9 +27,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from bgbias.core.io import write_json
+from bgbias.core.record import build_record
 from bgbias.core.seeding import derive_seed, torch_generator
-from bgbias.models.checkpoint import load_checkpoint, safe_torch_load, save_checkpoint
+from bgbias.models.checkpoint import load_checkpoint, load_state_dict_file, save_checkpoint
 from bgbias.models.nets import ARCHS, create_arch
+from bgbias.models.load import IMAGENET_MEAN, IMAGENET_STD
 from bgbias.train.config import OPTIMIZERS, SCHEDULES, TrainConfig
 from bgbias.train.data import TrainData, is_build_dir, load_data, load_train_val, split_rows
 from bgbias.train.recipes import RECIPES, Augment, Recipe
@@ -38,7 +40,6 @@ from bgbias.train.recipes import RECIPES, Augment, Recipe
 __all__ = ["OPTIMIZERS", "SCHEDULES", "RECIPES", "Augment", "Recipe", "TrainConfig", "TrainData", "load_data",
            "preprocess_for", "build_model", "make_optimizer", "normalizer", "accuracy", "run_epoch", "train"]
 
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 # ---------------------------------------------------------------------------------------------- model
@@ -66,11 +67,7 @@ def build_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
         model = create_arch(cfg.arch, num_classes, **arch_kwargs(cfg))
     model.pretrained_report = None
     if cfg.pretrained:
-        state = safe_torch_load(cfg.pretrained)
-        state = state.get("state_dict", state) if isinstance(state, dict) else state
-        if not isinstance(state, dict):
-            raise ValueError(f"{cfg.pretrained} holds no state dict (a mapping of tensor names to tensors).")
-        state = {k.removeprefix("module."): v for k, v in state.items() if torch.is_tensor(v)}
+        state = {k.removeprefix("module."): v for k, v in load_state_dict_file(cfg.pretrained).items()}
         own = model.state_dict()
         fits = {k: v for k, v in state.items() if k in own and tuple(v.shape) == tuple(own[k].shape)}
         if not fits:
@@ -176,6 +173,9 @@ def run_epoch(model, opt, sched, data: TrainData, rows: torch.Tensor, cfg: Train
     return {"loss": loss_sum / seen, "train_accuracy": correct / seen, "seconds": round(time.time() - t0, 2)}
 
 
+RUN_FILES = ("model.pt", "last.pt", "metrics.json")
+
+
 def train(cfg: TrainConfig, progress: bool = True, stop_after: int | None = None,
           data: TrainData | None = None) -> dict[str, Any]:
     """Run a recipe end to end; returns the metrics dict (also written to ``OUT/metrics.json``).
@@ -183,8 +183,20 @@ def train(cfg: TrainConfig, progress: bool = True, stop_after: int | None = None
     ``data``: already-loaded data to use instead of reading ``cfg.data`` (benchmarks use a split of a source).
     ``stop_after``: stop after this many epochs of this call (all phases counted), leaving ``last.pt``
     to ``--resume`` from (used by tests and for time-sliced runs).
+    The run folder is locked for the run, and one holding a run is refused unless ``resume``.
     """
+    from bgbias.core.lock import FolderLock
+
     cfg.validate()
+    with FolderLock(cfg.out, "bgbias train"):
+        held = [f for f in RUN_FILES if (Path(cfg.out) / f).exists()]
+        if held and not cfg.resume:
+            raise ValueError(f"Run folder {cfg.out} already holds a training run ({', '.join(held)}); "
+                             "pass --resume to continue it, or choose a new --out.")
+        return _train(cfg, progress, stop_after, data)
+
+
+def _train(cfg: TrainConfig, progress: bool, stop_after: int | None, data: TrainData | None) -> dict[str, Any]:
     recipe = RECIPES.create(cfg.recipe)
     device = torch.device(cfg.device)
     out = Path(cfg.out)
@@ -274,6 +286,8 @@ def train(cfg: TrainConfig, progress: bool = True, stop_after: int | None = None
                "steps": {ph: {"batch_size": b, "passes_per_epoch": k} for ph, (b, k) in plans.items()},
                "pretrained": model.pretrained_report, "skipped": data.skipped}
     save_checkpoint(out / "model.pt", model.state_dict(), {**meta, "epoch": len(history)})
+    metrics["record"] = build_record([cfg.pretrained] if cfg.pretrained else [], model, device, cfg.seed, cfg.data,
+                                     preprocess)
     write_json(out / "metrics.json", metrics)
     return metrics
 
