@@ -1,0 +1,132 @@
+"""Groups and reference levels in ``bgbias eval``: worst-group, mean and training-weighted accuracy against
+hand-computed values on a tiny fixed model, chance / majority rates, too-small flags, the terminal table."""
+from __future__ import annotations
+
+import json
+
+import _layouts as L
+import numpy as np
+import pytest
+import torch
+
+from bgbias.audit.evaluate import EvalConfig, evaluate, format_table
+from bgbias.audit.groups import group_accuracy, reference_levels, sample_groups, too_small, wilson_ci
+from bgbias.models.load import LoadedModel
+
+torch.set_num_threads(1)
+MODEL = "module:_layouts:mean_colour"
+
+
+def _manifest(root, fams):
+    """The manifest a spurious build would write for ``colour_layout``: families per sample, the pairing."""
+    ids = [(c, j) for c in range(3) for j in range(4)]
+    m = {"classes": L.CLASSES,
+         "samples": [{"id": f"c{c}_s{j}", "label": c} for c, j in ids],
+         "variants": {"original": {"dirname": "original", "recipe": "original", "pairing": None},
+                      "only_bg_t": {"dirname": "only_bg_t", "recipe": "box_tiled", "pairing": None},
+                      "only_fg": {"dirname": "only_fg", "recipe": "fg_only", "pairing": None},
+                      "mixed_same": {"dirname": "mixed_same", "recipe": "paste", "pairing": "same"},
+                      "mixed_rand": {"dirname": "mixed_rand", "recipe": "paste", "pairing": "rand"}},
+         "pairing": {"mixed_same": {f"c{c}_s{j}": f"c{c}_s{(j + 1) % 4}" for c, j in ids},
+                     "mixed_rand": {f"c{c}_s{j}": f"c{(c + 1) % 3}_s{j}" for c, j in ids}},
+         "source": {"spurious": {"per_sample": {f"c{c}_s{j}": fams[j] for c, j in ids}}}}
+    (root / "manifest.json").write_text(json.dumps(m))
+    return m
+
+
+@pytest.fixture
+def colour(tmp_path):
+    # per class: backgrounds 0.5 (class colour, "bright") and 0.0 ("dark") alternate
+    root = L.colour_layout(tmp_path / "d", bg_levels=(0.5, 0.0, 0.5, 0.0))
+    _manifest(root, ["bright", "dark", "bright", "dark"])
+    return root
+
+
+def run(root, loaded=None, **kw):
+    return evaluate(EvalConfig(model=MODEL, data=str(root), progress=False, device="cpu", **kw), loaded)
+
+
+def test_groups_by_hand(colour):
+    r = run(colour, group_min_count=1)
+    v = r["variants"]
+    # only_bg_t: a dark background gives all-zero logits -> red: right for red only; bright ones are right
+    g = v["only_bg_t"]["groups"]
+    assert {k: (x["accuracy"], x["n"]) for k, x in g["per_group"].items()} == {
+        "red|bright": (1.0, 2), "red|dark": (1.0, 2), "green|bright": (1.0, 2), "green|dark": (0.0, 2),
+        "blue|bright": (1.0, 2), "blue|dark": (0.0, 2)}
+    assert g["worst_group_accuracy"] == 0.0 and g["worst_group"] == "blue|dark"   # ties: first key
+    assert g["mean_group_accuracy"] == pytest.approx(4 / 6)
+    assert g["weighted_accuracy"] is None and g["weighted_by"] is None          # no training counts known
+    # mixed variants: group = (class, the background image's class)
+    mr = v["mixed_rand"]["groups"]["per_group"]
+    assert mr == {"blue|red": {"accuracy": 0.5, "n": 4, "eligible": True},
+                  "green|blue": {"accuracy": 0.5, "n": 4, "eligible": True},
+                  "red|green": {"accuracy": 0.5, "n": 4, "eligible": True}}
+    assert set(v["mixed_same"]["groups"]["per_group"]) == {"red|red", "green|green", "blue|blue"}
+    assert v["original"]["groups"]["worst_group_accuracy"] == 1.0
+    assert v["only_fg"]["groups"] is None                                        # no background to group by
+
+
+def test_weighted_accuracy_uses_the_checkpoints_training_shares(colour):
+    counts = {"red|bright": 6, "green|bright": 3, "green|dark": 1, "blue|dark": 2, "elsewhere|x": 50}
+    loaded = LoadedModel(L.MeanColour(), MODEL, meta={"group_counts": counts})
+    g = run(colour, loaded, group_min_count=1)["variants"]["only_bg_t"]["groups"]
+    # (6*1 + 3*1 + 1*0 + 2*0) / 12: groups absent from this data do not count
+    assert g["weighted_accuracy"] == pytest.approx(9 / 12) and g["weighted_by"] == "training"
+    assert g["mean_group_accuracy"] == pytest.approx(4 / 6)
+
+
+def test_small_groups_are_reported_but_not_eligible(colour):
+    g = run(colour, group_min_count=3)["variants"]["only_bg_t"]["groups"]
+    assert g["eligible"] == 0 and g["worst_group"] is None and len(g["per_group"]) == 6
+    assert not any(x["eligible"] for x in g["per_group"].values())
+    g = run(colour, group_min_count=4)["variants"]["mixed_rand"]["groups"]
+    assert g["eligible"] == 3 and g["worst_group_accuracy"] == 0.5
+
+
+def test_worst_group_interval_resamples_within_groups():
+    rng = np.random.default_rng(0)
+    keys = ["a"] * 200 + ["b"] * 200
+    correct = np.r_[np.ones(200), (np.arange(200) % 2 == 0).astype(float)]
+    g = group_accuracy(keys, correct, min_count=10, rng=rng, n_boot=500)
+    assert g["worst_group"] == "b" and g["worst_group_accuracy"] == 0.5
+    lo, hi = g["ci95"]
+    assert 0.40 < lo < 0.5 < hi < 0.60 and g["too_small"] is False
+    small = group_accuracy(["a"] * 5 + ["b"] * 5, np.r_[np.ones(5), np.zeros(2), np.ones(3)], min_count=1,
+                           rng=np.random.default_rng(0))
+    assert small["worst_group_accuracy"] == 0.6 and small["too_small"] is True
+    with pytest.raises(ValueError, match="3 group keys for 2"):
+        group_accuracy(["a", "b", "c"], np.ones(2))
+
+
+def test_reference_levels_chance_majority_and_too_small(colour, tmp_path):
+    assert reference_levels([0, 0, 0, 1], 4, [0.5, 0.65]) == {"chance": 0.25, "majority": 0.75, "too_small": False}
+    assert too_small([0.3, 0.51]) is True and too_small([0.3, 0.5]) is False and too_small(None) is None
+    lo, hi = wilson_ci(31, 31)
+    assert hi == 1.0 and 0.88 < lo < 0.9
+    r = run(colour)
+    o = r["variants"]["original"]
+    assert o["chance"] == pytest.approx(1 / 3) and o["majority"] == pytest.approx(1 / 3)
+    assert o["too_small"] is False                                     # all 12 right: the interval is [1, 1]
+    assert r["variants"]["mixed_rand"]["too_small"] is True           # 6 of 12: +-28 points
+    assert r["bg_gap"]["too_small"] is True
+    table = format_table(r)
+    assert "chance 33.3% (1/3 classes)" in table and "too few images" in table
+    assert "worst-grp" in table and "major." in table
+
+
+def test_majority_rate_follows_the_data(tmp_path):
+    # drop class 1 and 2 images but one: "always red" would score 10 of 12
+    root = L.colour_layout(tmp_path / "d", fg_side=(4,) * 10, bg_levels=(0.5,) * 10)
+    for c in ("01_green", "02_blue"):
+        for f in sorted((root / "original" / "val" / c).iterdir())[1:]:
+            f.unlink()
+    o = run(root, variants=("original",))["variants"]["original"]
+    assert o["n"] == 12 and o["majority"] == pytest.approx(10 / 12)
+
+
+def test_no_manifest_means_no_groups(tmp_path):
+    root = L.colour_layout(tmp_path / "d")
+    r = run(root)
+    assert all(v["groups"] is None for v in r["variants"].values())
+    assert sample_groups(None, "original") is None
