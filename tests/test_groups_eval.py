@@ -130,3 +130,15 @@ def test_no_manifest_means_no_groups(tmp_path):
     r = run(root)
     assert all(v["groups"] is None for v in r["variants"].values())
     assert sample_groups(None, "original") is None
+
+
+def test_challenge_accuracy_has_reference_levels(tmp_path):
+    from bgbias.audit.challenge import ChallengeConfig, run_challenge
+
+    root = L.random_layout(tmp_path / "r", n_per_class=6)
+    r = run_challenge(ChallengeConfig(model=MODEL, data=str(root), progress=False, device="cpu"),
+                      loaded=LoadedModel(L.MeanColour(), MODEL))
+    n, ok = r["n_foregrounds"], round(r["challenge_accuracy"] * r["n_foregrounds"])
+    assert n == 18 and r["challenge_ci95"] == wilson_ci(ok, n)
+    assert r["chance"] == pytest.approx(1 / 3) and r["majority"] == pytest.approx(1 / 3)
+    assert r["too_small"] is True                        # 18 foregrounds: far wider than 20 points
