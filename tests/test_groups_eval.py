@@ -142,3 +142,17 @@ def test_challenge_accuracy_has_reference_levels(tmp_path):
     assert n == 18 and r["challenge_ci95"] == wilson_ci(ok, n)
     assert r["chance"] == pytest.approx(1 / 3) and r["majority"] == pytest.approx(1 / 3)
     assert r["too_small"] is True                        # 18 foregrounds: far wider than 20 points
+
+
+def test_group_heatmap_draws_a_png(colour):
+    from bgbias.report.figures_groups import group_grid, group_heatmap
+
+    r = run(colour, group_min_count=3)
+    g = r["variants"]["mixed_rand"]["groups"]
+    rows, cols, acc, n, ok = group_grid(g, L.CLASSES)
+    assert rows == L.CLASSES and cols == ["red", "green", "blue"]
+    assert acc[0, 1] == 0.5 and np.isnan(acc[0, 0]) and n[2, 0] == 4 and ok[2, 0]
+    png = group_heatmap(g, L.CLASSES, title="mean colour / mixed_rand")
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and png == group_heatmap(g, L.CLASSES, title="mean colour / mixed_rand")
+    with pytest.raises(ValueError, match="no groups"):
+        group_heatmap({"per_group": {}})

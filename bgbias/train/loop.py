@@ -21,17 +21,19 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bgbias.audit.groups import group_accuracy, group_counts
 from bgbias.core.io import write_json
 from bgbias.core.seeding import derive_seed, torch_generator
 from bgbias.models.checkpoint import load_checkpoint, safe_torch_load, save_checkpoint
 from bgbias.models.nets import ARCHS, create_arch
 from bgbias.train.config import OPTIMIZERS, SCHEDULES, TrainConfig
 from bgbias.train.data import TrainData, is_build_dir, load_data
-from bgbias.train.recipes import RECIPES, Augment, Recipe
+from bgbias.train.recipes import RECIPES, Augment, PhaseHooks, Recipe
 
 # the config, data and recipe names are re-exported: callers import them from here
 __all__ = ["OPTIMIZERS", "SCHEDULES", "RECIPES", "Augment", "Recipe", "TrainConfig", "TrainData", "load_data",
@@ -103,13 +105,42 @@ def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, norm:
     return correct / max(len(labels), 1)
 
 
+def val_scores(model: nn.Module, data: TrainData, rows: torch.Tensor, norm: Callable, device: torch.device,
+               batch_size: int = 256) -> dict[str, float]:
+    """``val_accuracy`` and, when the data has groups, ``val_worst_group_accuracy`` (over every group present:
+    what early stopping selects on)."""
+    model.eval()
+    preds = []
+    with torch.no_grad():
+        for i in range(0, len(rows), batch_size):
+            x = data.images[rows[i:i + batch_size]].to(device).float() / 255.0
+            preds.append(model(norm(x)).argmax(1).cpu())
+    correct = (torch.cat(preds) == data.labels[rows]).numpy() if preds else np.zeros(0, bool)
+    out = {"val_accuracy": float(correct.mean()) if len(correct) else 0.0}
+    if data.groups and len(correct):
+        g = group_accuracy([data.groups[i] for i in rows.tolist()], correct, min_count=1)
+        out["val_worst_group_accuracy"] = g["worst_group_accuracy"]
+    return out
+
+
 # ----------------------------------------------------------------------------------------------- loop
 def run_epoch(model, opt, sched, data: TrainData, rows: torch.Tensor, cfg: TrainConfig, phase: str, epoch: int,
-              augment: Augment | None, norm: Callable, device: torch.device, progress: bool) -> dict[str, float]:
-    """One pass over ``rows`` in a seeded order; returns mean loss and train accuracy (on augmented inputs)."""
+              augment: Augment | None, norm: Callable, device: torch.device, progress: bool,
+              hooks: PhaseHooks | None = None) -> dict[str, float]:
+    """One pass over ``rows`` in a seeded order; returns mean loss and train accuracy (on augmented inputs).
+
+    ``hooks`` (group recipes): its ``loss`` replaces the mean cross-entropy, ``train_mode`` runs after
+    ``model.train()``."""
     from tqdm.auto import tqdm
 
-    model.train()
+    hooks = hooks or PhaseHooks()
+
+    def train_mode() -> None:
+        model.train()
+        if hooks.train_mode is not None:
+            hooks.train_mode(model)
+
+    train_mode()
     order = rows[torch.randperm(len(rows), generator=torch_generator(cfg.seed, "shuffle", phase, epoch))]
     batches = [order[i:i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
     loss_sum, correct, seen, t0 = 0.0, 0, 0, time.time()
@@ -120,9 +151,9 @@ def run_epoch(model, opt, sched, data: TrainData, rows: torch.Tensor, cfg: Train
         if augment is not None:
             m = None if data.masks is None else data.masks[idx].to(device).unsqueeze(1).float() / 255.0
             x = augment(x, m, y, torch_generator(cfg.seed, "augment", phase, epoch, step), model)
-            model.train()
+            train_mode()
         logits = model(norm(x))
-        loss = F.cross_entropy(logits, y)
+        loss = F.cross_entropy(logits, y) if hooks.loss is None else hooks.loss(logits, y, idx)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -160,6 +191,8 @@ def train(cfg: TrainConfig, progress: bool = True, stop_after: int | None = None
     meta = {"arch": cfg.arch, "arch_kwargs": {}, "classes": data.classes, "preprocess": preprocess,
             "recipe": cfg.recipe, "seed": cfg.seed, "config": config, "families_seen": recipe.seen(cfg),
             "epoch": 0}
+    if data.groups:   # the training set's group shares: eval weights group accuracies by them
+        meta["group_counts"] = group_counts([data.groups[i] for i in train_rows.tolist()])
 
     # resume: weights, history, and where we were (phase index, epoch within phase)
     history: list[dict] = []
@@ -178,33 +211,57 @@ def train(cfg: TrainConfig, progress: bool = True, stop_after: int | None = None
         history = list(extra.get("history", []))
         start_phase, start_epoch = int(extra["phase_index"]), int(extra["phase_epoch"])
 
-    ctx: dict[str, Any] = {"norm": norm, "device": device, "train_rows": train_rows, "extra": extra,
-                           "progress": progress}
-    steps_per_epoch = math.ceil(len(train_rows) / cfg.batch_size)
+    ctx: dict[str, Any] = {"norm": norm, "device": device, "train_rows": train_rows, "val_rows": val_rows,
+                           "extra": extra, "progress": progress,
+                           "init_state": lambda: build_model(cfg, len(data.classes)).state_dict()}
+    phase_info: dict[str, dict] = dict(extra.get("phase_info", {}))
     done_now = 0
     for pi, (phase, epochs) in enumerate(recipe.phases(cfg)):
         if pi < start_phase:
             continue
-        augment = recipe.augment(phase, cfg, data, model, ctx)
-        opt, sched = make_optimizer(cfg, model, epochs * steps_per_epoch)
         first = start_epoch if pi == start_phase else 0
+        saved = extra.get("hooks") if first else None
+        ctx["phase_state"] = saved
+        augment = recipe.augment(phase, cfg, data, model, ctx)
+        hooks = recipe.hooks(phase, cfg, data, model, ctx) or PhaseHooks()
+        rows = train_rows if hooks.rows is None else hooks.rows
+        best = None
+        if saved is not None:
+            if hasattr(hooks.loss, "load_state_dict") and "loss" in saved:
+                hooks.loss.load_state_dict(saved["loss"])
+            best = saved.get("best")
+        if hooks.info:
+            phase_info[phase] = dict(hooks.info)
+        steps_per_epoch = math.ceil(len(rows) / cfg.batch_size)
+        opt, sched = make_optimizer(dataclasses.replace(cfg, **hooks.optim), model, epochs * steps_per_epoch)
         if first and "optimizer" in extra:
             opt.load_state_dict(extra["optimizer"])
             sched.load_state_dict(extra["scheduler"])
         for epoch in range(first, epochs):
-            stats = run_epoch(model, opt, sched, data, train_rows, cfg, phase, epoch, augment, norm, device, progress)
+            stats = run_epoch(model, opt, sched, data, rows, cfg, phase, epoch, augment, norm, device, progress,
+                              hooks)
             row = {"epoch": len(history) + 1, "phase": phase, **stats}
             if n_val:
-                row["val_accuracy"] = accuracy(model, data.images[val_rows], data.labels[val_rows], norm, device)
+                row.update(val_scores(model, data, val_rows, norm, device))
             history.append(row)
             if progress:
                 print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
-            state = {"phase_index": pi, "phase_epoch": epoch + 1, "history": history,
-                     "optimizer": opt.state_dict(), "scheduler": sched.state_dict()}
+            if hooks.keep_best and n_val:   # early stopping: the best validation worst-group (else overall) epoch
+                score = row.get("val_worst_group_accuracy", row["val_accuracy"])
+                if best is None or score > best["score"]:
+                    best = {"score": score, "epoch": row["epoch"],
+                            "state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
+            state = {"phase_index": pi, "phase_epoch": epoch + 1, "history": history, "phase_info": phase_info,
+                     "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                     "hooks": {"rows": rows, "info": hooks.info, "best": best,
+                               **({"loss": hooks.loss.state_dict()} if hasattr(hooks.loss, "state_dict") else {})}}
             if hasattr(augment, "state_dict"):
                 state["augment"] = augment.state_dict()
             if epoch + 1 == epochs:  # next phase starts fresh
-                state = {"phase_index": pi + 1, "phase_epoch": 0, "history": history,
+                if best is not None:
+                    model.load_state_dict(best["state"])
+                    phase_info.setdefault(phase, {})["best_epoch"] = best["epoch"]
+                state = {"phase_index": pi + 1, "phase_epoch": 0, "history": history, "phase_info": phase_info,
                          **({"augment": state["augment"]} if "augment" in state else {})}
             save_checkpoint(last, model.state_dict(), {**meta, "epoch": len(history)}, state)
             done_now += 1
@@ -214,10 +271,14 @@ def train(cfg: TrainConfig, progress: bool = True, stop_after: int | None = None
 
     final = {"train_accuracy": history[-1]["train_accuracy"] if history else None}
     if n_val:
-        final["val_accuracy"] = history[-1]["val_accuracy"]
+        final.update(val_scores(model, data, val_rows, norm, device))
     metrics = {"kind": "bgbias-train/1", "recipe": cfg.recipe, "arch": cfg.arch, "classes": data.classes,
                "families_seen": meta["families_seen"], "config": config, "history": history, "final": final,
                "n_train": len(train_rows), "n_val": n_val, "skipped": data.skipped}
+    if phase_info:
+        metrics["phases"] = phase_info
+    if data.groups:
+        metrics["group_counts"] = meta["group_counts"]
     save_checkpoint(out / "model.pt", model.state_dict(), {**meta, "epoch": len(history)})
     write_json(out / "metrics.json", metrics)
     return metrics
