@@ -49,8 +49,10 @@ def group_heatmap(groups: Mapping[str, Any], classes: Sequence[str] | None = Non
         raise ValueError("This variant has no groups to draw (the build records no backgrounds).")
     fig = Figure(figsize=(1.2 + 0.62 * len(cols), 0.9 + 0.42 * len(rows)))
     ax = fig.add_subplot()
-    im = ax.imshow(np.ma.masked_invalid(acc * 100), vmin=0, vmax=100, cmap="RdYlGn", aspect="auto")
-    im.cmap.set_bad("#eeeeee")
+    from matplotlib import colormaps
+
+    cmap = colormaps["RdYlGn"].with_extremes(bad="#eeeeee")
+    im = ax.imshow(np.ma.masked_invalid(acc * 100), vmin=0, vmax=100, cmap=cmap, aspect="auto")
     worst = groups.get("worst_group")
     for i, c in enumerate(rows):
         for j, b in enumerate(cols):

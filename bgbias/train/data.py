@@ -25,6 +25,13 @@ class TrainData:
     skipped: list[dict]
     groups: list[str] | None = None   # "<class>|<background>" per sample (spurious / mixed builds); None = unknown
 
+    def take(self, rows: torch.Tensor | list[int]) -> "TrainData":
+        """The rows ``rows`` (e.g. a held-out part), same classes, groups kept; ``skipped`` stays with the whole."""
+        rows = torch.as_tensor(rows, dtype=torch.long)
+        return TrainData(self.images[rows], None if self.masks is None else self.masks[rows], self.labels[rows],
+                         [self.ids[int(r)] for r in rows], self.classes, self.skipped,
+                         None if self.groups is None else [self.groups[int(r)] for r in rows])
+
     def samples(self, rows: list[int]) -> list[Sample]:
         """``Sample`` objects for fitting backgrounds (``mean``)."""
         out = []

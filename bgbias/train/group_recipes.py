@@ -132,8 +132,8 @@ def _dfr() -> Recipe:
     def hooks(phase, cfg, data, model, ctx):
         if phase != "last_layer":
             return None
-        val = ctx.get("val_rows")
-        if val is None or len(val) == 0:
+        val = ctx.get("val")
+        if val is None or len(val.labels) == 0:
             raise ValueError("Recipe 'dfr' retrains the last layer on held-out rows; give --val-fraction > 0 "
                              "(or a build with a val split).")
         saved = ctx.get("phase_state")
@@ -141,11 +141,13 @@ def _dfr() -> Recipe:
         if saved is not None:
             rows = saved["rows"]
         else:
-            gid, _ = group_index(cfg, data)
-            rows = balanced_rows(val, gid, cfg.seed, "dfr")
+            gid, _ = group_index(cfg, val)
+            rows = balanced_rows(torch.arange(len(val.labels)), gid, cfg.seed, "dfr")
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(cfg.seed)
                 head.reset_parameters()
+            # fitted to convergence as in the paper: an epoch has as many steps as an ERM epoch (rows repeated)
+            rows = rows.repeat(max(1, len(ctx["train_rows"]) // max(len(rows), 1)))
         for p in model.parameters():
             p.requires_grad_(False)
         for p in head.parameters():
@@ -154,10 +156,8 @@ def _dfr() -> Recipe:
         def train_mode(m: nn.Module) -> None:
             m.eval()                              # frozen features: BatchNorm keeps its ERM statistics
 
-        # fitted to convergence as in the paper: an epoch has as many steps as an ERM epoch (rows repeated)
-        reps = max(1, len(ctx["train_rows"]) // max(len(rows), 1))
-        return PhaseHooks(rows=rows.repeat(reps), train_mode=train_mode,
-                          info={"rows": len(rows), "held_out": len(val), "passes_per_epoch": reps})
+        return PhaseHooks(rows=rows, data=val, train_mode=train_mode,
+                          info={"rows": len(torch.unique(rows)), "held_out": len(val.labels), "steps_rows": len(rows)})
 
     return Recipe(phases=lambda cfg: [("erm", cfg.epochs), ("last_layer", cfg.dfr_epochs)], hooks=hooks)
 

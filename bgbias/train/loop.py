@@ -105,21 +105,20 @@ def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, norm:
     return correct / max(len(labels), 1)
 
 
-def val_scores(model: nn.Module, data: TrainData, rows: torch.Tensor, norm: Callable, device: torch.device,
+def val_scores(model: nn.Module, val: TrainData, norm: Callable, device: torch.device,
                batch_size: int = 256) -> dict[str, float]:
     """``val_accuracy`` and, when the data has groups, ``val_worst_group_accuracy`` (over every group present:
     what early stopping selects on)."""
     model.eval()
     preds = []
     with torch.no_grad():
-        for i in range(0, len(rows), batch_size):
-            x = data.images[rows[i:i + batch_size]].to(device).float() / 255.0
+        for i in range(0, len(val.labels), batch_size):
+            x = val.images[i:i + batch_size].to(device).float() / 255.0
             preds.append(model(norm(x)).argmax(1).cpu())
-    correct = (torch.cat(preds) == data.labels[rows]).numpy() if preds else np.zeros(0, bool)
+    correct = (torch.cat(preds) == val.labels).numpy() if preds else np.zeros(0, bool)
     out = {"val_accuracy": float(correct.mean()) if len(correct) else 0.0}
-    if data.groups and len(correct):
-        g = group_accuracy([data.groups[i] for i in rows.tolist()], correct, min_count=1)
-        out["val_worst_group_accuracy"] = g["worst_group_accuracy"]
+    if val.groups and len(correct):
+        out["val_worst_group_accuracy"] = group_accuracy(val.groups, correct, min_count=1)["worst_group_accuracy"]
     return out
 
 
@@ -211,7 +210,8 @@ def train(cfg: TrainConfig, progress: bool = True, stop_after: int | None = None
         history = list(extra.get("history", []))
         start_phase, start_epoch = int(extra["phase_index"]), int(extra["phase_epoch"])
 
-    ctx: dict[str, Any] = {"norm": norm, "device": device, "train_rows": train_rows, "val_rows": val_rows,
+    val = data.take(val_rows) if n_val else None
+    ctx: dict[str, Any] = {"norm": norm, "device": device, "train_rows": train_rows, "val": val,
                            "extra": extra, "progress": progress,
                            "init_state": lambda: build_model(cfg, len(data.classes)).state_dict()}
     phase_info: dict[str, dict] = dict(extra.get("phase_info", {}))
@@ -225,6 +225,7 @@ def train(cfg: TrainConfig, progress: bool = True, stop_after: int | None = None
         augment = recipe.augment(phase, cfg, data, model, ctx)
         hooks = recipe.hooks(phase, cfg, data, model, ctx) or PhaseHooks()
         rows = train_rows if hooks.rows is None else hooks.rows
+        phase_data = data if hooks.data is None else hooks.data
         best = None
         if saved is not None:
             if hasattr(hooks.loss, "load_state_dict") and "loss" in saved:
@@ -238,11 +239,11 @@ def train(cfg: TrainConfig, progress: bool = True, stop_after: int | None = None
             opt.load_state_dict(extra["optimizer"])
             sched.load_state_dict(extra["scheduler"])
         for epoch in range(first, epochs):
-            stats = run_epoch(model, opt, sched, data, rows, cfg, phase, epoch, augment, norm, device, progress,
-                              hooks)
+            stats = run_epoch(model, opt, sched, phase_data, rows, cfg, phase, epoch, augment, norm, device,
+                              progress, hooks)
             row = {"epoch": len(history) + 1, "phase": phase, **stats}
             if n_val:
-                row.update(val_scores(model, data, val_rows, norm, device))
+                row.update(val_scores(model, val, norm, device))
             history.append(row)
             if progress:
                 print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
@@ -271,7 +272,7 @@ def train(cfg: TrainConfig, progress: bool = True, stop_after: int | None = None
 
     final = {"train_accuracy": history[-1]["train_accuracy"] if history else None}
     if n_val:
-        final.update(val_scores(model, data, val_rows, norm, device))
+        final.update(val_scores(model, val, norm, device))
     metrics = {"kind": "bgbias-train/1", "recipe": cfg.recipe, "arch": cfg.arch, "classes": data.classes,
                "families_seen": meta["families_seen"], "config": config, "history": history, "final": final,
                "n_train": len(train_rows), "n_val": n_val, "skipped": data.skipped}

@@ -36,7 +36,7 @@ class Augment(Protocol):
 
 @dataclass
 class PhaseHooks:
-    """What a phase changes in the shared loop (group recipes): which rows it trains on (repeats upweight),
+    """What a phase changes in the shared loop (group recipes): which rows (of which data) it trains on (repeats upweight),
     the loss, which modules train, optimiser settings, and whether the best validation epoch is kept.
 
     ``loss(logits, y, rows) -> scalar`` may keep state (``state_dict``/``load_state_dict``, saved for
@@ -47,6 +47,7 @@ class PhaseHooks:
     """
 
     rows: torch.Tensor | None = None
+    data: TrainData | None = None          # train on these rows of this data instead (dfr: the held-out part)
     loss: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None
     train_mode: Callable[[nn.Module], None] | None = None
     optim: dict[str, Any] = field(default_factory=dict)
