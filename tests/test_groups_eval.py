@@ -95,6 +95,11 @@ def test_worst_group_interval_resamples_within_groups():
     small = group_accuracy(["a"] * 5 + ["b"] * 5, np.r_[np.ones(5), np.zeros(2), np.ones(3)], min_count=1,
                            rng=np.random.default_rng(0))
     assert small["worst_group_accuracy"] == 0.6 and small["too_small"] is True
+    # many small groups: the interval is the worst group's own, so it holds the estimate
+    keys = [f"g{k}" for k in range(30) for _ in range(10)]
+    correct = np.array([float(j < 6 + k % 5) for k in range(30) for j in range(10)])
+    g = group_accuracy(keys, correct, min_count=5, rng=np.random.default_rng(0))
+    assert g["worst_group_accuracy"] == 0.6 and g["ci95"][0] <= 0.6 <= g["ci95"][1]
     with pytest.raises(ValueError, match="3 group keys for 2"):
         group_accuracy(["a", "b", "c"], np.ones(2))
 
@@ -156,3 +161,36 @@ def test_group_heatmap_draws_a_png(colour):
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and png == group_heatmap(g, L.CLASSES, title="mean colour / mixed_rand")
     with pytest.raises(ValueError, match="no groups"):
         group_heatmap({"per_group": {}})
+
+
+def test_train_records_group_counts_and_eval_weights_by_them(digits_source, tmp_path):
+    """A spurious training build -> train records its group shares -> eval on a balanced build uses them."""
+    from bgbias.sources.base import SubsetSource
+    from bgbias.synth.build import BuildConfig, build
+    from bgbias.synth.spurious import SpuriousSource
+    from bgbias.train.config import TrainConfig
+    from bgbias.train.data import load_data
+    from bgbias.train.loop import train
+
+    fams = ("color:red", "color:blue")
+    labels = digits_source.labels()
+    half = [[i for i, y in enumerate(labels) if y == c] for c in range(10)]
+    tr_rows, te_rows = sorted(i for h in half for i in h[:3]), sorted(i for h in half for i in h[3:])
+    tr_src = SpuriousSource(SubsetSource(digits_source, tr_rows), 0.9, fams, seed=0)
+    te_src = SpuriousSource(SubsetSource(digits_source, te_rows), 0.9, fams, seed=0, splits=["val"] * 30)
+    build(tr_src, tmp_path / "tr", BuildConfig(variants=("original",)), progress=False)
+    build(te_src, tmp_path / "te", BuildConfig(variants=("original", "color:red")), progress=False)
+    data = load_data(str(tmp_path / "tr"))
+    assert data.groups[0] == f"{data.classes[int(data.labels[0])]}|{tr_src.family_of(0)}"
+    m = train(TrainConfig(data=str(tmp_path / "tr"), out=str(tmp_path / "run"), epochs=1, batch_size=16,
+                          val_fraction=0.0), progress=False)
+    assert sum(m["group_counts"].values()) == 30
+    r = evaluate(EvalConfig(model=f"checkpoint:{tmp_path / 'run' / 'model.pt'}", data=str(tmp_path / "te"),
+                            progress=False, group_min_count=1))
+    g = r["variants"]["original"]["groups"]
+    assert g["weighted_by"] == "training" and g["weighted_accuracy"] is not None
+    assert sum(x["n"] for x in g["per_group"].values()) == 30
+    counts = {k: v for k, v in m["group_counts"].items() if k in g["per_group"]}
+    want = sum(v * g["per_group"][k]["accuracy"] for k, v in counts.items()) / sum(counts.values())
+    assert g["weighted_accuracy"] == pytest.approx(want)
+    assert set(r["variants"]["color_red"]["groups"]["per_group"]) == {f"{c}|color:red" for c in data.classes}

@@ -248,7 +248,7 @@ def train(cfg: TrainConfig, progress: bool = True, stop_after: int | None = None
             if progress:
                 print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
             if hooks.keep_best and n_val:   # early stopping: the best validation worst-group (else overall) epoch
-                score = row.get("val_worst_group_accuracy", row["val_accuracy"])
+                score = [row.get("val_worst_group_accuracy", row["val_accuracy"]), row["val_accuracy"]]  # ties: overall
                 if best is None or score > best["score"]:
                     best = {"score": score, "epoch": row["epoch"],
                             "state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
