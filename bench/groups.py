@@ -3,7 +3,8 @@
     python bench/groups.py [--datasets mnist,digits] [--n-train 2000] [--epochs 3] [--out /tmp/bgbias-groups]
 
 Per dataset (MNIST from ``/work/shared/data/mnist``, and the demo's scikit-learn digits): a training
-build where class c sits on background family c % 5 with probability RHO = 0.95 (else on another),
+build where class c sits on background family c % 5 with probability RHO = 0.95 (else on another)
+in its train split and a 20% held-out val split is group-balanced (DFR's held-out set, early stopping),
 and a disjoint, group-balanced test build (every class on every family equally often) with the
 variants eval and the challenge need. Every method trains the same small CNN (width 8, so a run
 takes seconds on a busy CPU) for the same epochs; ERM (``baseline``) is the baseline measured in the
@@ -53,8 +54,10 @@ def builds(name: str, args) -> tuple[Path, Path]:
     root = Path(args.out) / name
     tr, te = root / "train", root / "test"
     if not (tr / "manifest.json").is_file():
-        src = SpuriousSource(SubsetSource(base, train_idx), args.rho, FAMILIES, args.seed)        # correlated
-        build(src, tr, BuildConfig(variants=("original", "mixed_rand"), seed=args.seed, size=size), progress=False)
+        # train split at rho, a held-out val split (20%) group-balanced: what DFR and early stopping use
+        build(SubsetSource(base, train_idx), tr, BuildConfig(variants=("original", "mixed_rand"), seed=args.seed,
+                                                              size=size, spurious=args.rho, spurious_families=FAMILIES,
+                                                              holdout=0.2), progress=False)
     if not (te / "manifest.json").is_file():
         src = SpuriousSource(SubsetSource(base, test_idx), args.rho, FAMILIES, args.seed,
                              splits=["val"] * len(test_idx))                                      # group-balanced
@@ -66,7 +69,7 @@ def builds(name: str, args) -> tuple[Path, Path]:
 def run_method(method: str, tr: Path, te: Path, run: Path, args) -> dict:
     t0 = time.time()
     cfg = TrainConfig(recipe=method, data=str(tr), out=str(run), arch=ARCH, epochs=args.epochs, batch_size=64,
-                      lr=3e-3, seed=args.seed, val_fraction=0.2, mask_epochs=1, jtt_epochs=1, dfr_epochs=2)
+                      lr=3e-3, seed=args.seed, mask_epochs=1, jtt_epochs=1, dfr_epochs=2)
     metrics = train(cfg, progress=False)
     spec = f"checkpoint:{run / 'model.pt'}"
     ev = evaluate(EvalConfig(model=spec, data=str(te), seed=args.seed, progress=False, batch_size=256,

@@ -44,7 +44,7 @@ def data():
 
 def _fit(recipe: str, train_data: TrainData, out, **kw) -> dict:
     cfg = TrainConfig(recipe=recipe, data="shortcut", out=str(out), epochs=2, batch_size=32, lr=3e-3,
-                      val_fraction=0.3, seed=1, jtt_epochs=1, dfr_epochs=2, **kw)
+                      val_fraction=0.3, seed=1, jtt_epochs=1, dfr_epochs=2, min_steps=0, **kw)
     return train(cfg, progress=False, data=train_data)
 
 
@@ -117,7 +117,7 @@ def test_balanced_rows_are_balanced_and_seeded():
 def test_dfr_changes_only_the_last_layer_and_resume_is_exact(data, tmp_path):
     train_data, _ = data
     small = train_data.take(torch.arange(400))
-    cfg = dict(recipe="dfr", data="shortcut", epochs=2, batch_size=32, lr=3e-3, val_fraction=0.3, seed=1,
+    cfg = dict(recipe="dfr", data="shortcut", epochs=2, batch_size=32, lr=3e-3, val_fraction=0.3, seed=1, min_steps=0,
                jtt_epochs=1, dfr_epochs=2)
     _fit("dfr", small, tmp_path / "dfr")
     full = load_checkpoint(tmp_path / "dfr" / "model.pt")["state_dict"]

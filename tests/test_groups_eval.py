@@ -176,15 +176,23 @@ def test_train_records_group_counts_and_eval_weights_by_them(digits_source, tmp_
     labels = digits_source.labels()
     half = [[i for i, y in enumerate(labels) if y == c] for c in range(10)]
     tr_rows, te_rows = sorted(i for h in half for i in h[:3]), sorted(i for h in half for i in h[3:])
-    tr_src = SpuriousSource(SubsetSource(digits_source, tr_rows), 0.9, fams, seed=0)
     te_src = SpuriousSource(SubsetSource(digits_source, te_rows), 0.9, fams, seed=0, splits=["val"] * 30)
-    build(tr_src, tmp_path / "tr", BuildConfig(variants=("original",)), progress=False)
+    # the training build: --spurious with --holdout: train at rho, val group-balanced
+    build(SubsetSource(digits_source, tr_rows), tmp_path / "tr",
+          BuildConfig(variants=("original",), spurious=0.9, spurious_families=fams, holdout=0.5), progress=False)
     build(te_src, tmp_path / "te", BuildConfig(variants=("original", "color:red")), progress=False)
-    data = load_data(str(tmp_path / "tr"))
-    assert data.groups[0] == f"{data.classes[int(data.labels[0])]}|{tr_src.family_of(0)}"
+    man = json.loads((tmp_path / "tr" / "manifest.json").read_text())
+    val_counts = man["source"]["spurious"]["group_counts"]["val"]
+    for c in digits_source.classes:
+        n = [val_counts.get(f"{c}|{f}", 0) for f in fams]
+        assert max(n) - min(n) <= 1, (c, n)                       # a balanced val really is balanced
+    data = load_data(str(tmp_path / "tr"), split="train")
+    fam = man["source"]["spurious"]["per_sample"][data.ids[0]]
+    assert data.groups[0] == f"{data.classes[int(data.labels[0])]}|{fam}"
     m = train(TrainConfig(data=str(tmp_path / "tr"), out=str(tmp_path / "run"), epochs=1, batch_size=16,
-                          val_fraction=0.0), progress=False)
-    assert sum(m["group_counts"].values()) == 30
+                          min_steps=0), progress=False)
+    assert sum(m["group_counts"].values()) == m["n_train"] == len(data.labels)
+    assert "val_worst_group_accuracy" in m["final"]
     r = evaluate(EvalConfig(model=f"checkpoint:{tmp_path / 'run' / 'model.pt'}", data=str(tmp_path / "te"),
                             progress=False, group_min_count=1))
     g = r["variants"]["original"]["groups"]

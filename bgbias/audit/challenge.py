@@ -68,6 +68,7 @@ from bgbias.audit.core import (
     ImageFiles,
     collate_by_size,
     foreground_items,
+    overlap_with_training,
     open_audit,
 )
 from bgbias.audit.groups import reference_levels, wilson_ci
@@ -312,9 +313,9 @@ def run_challenge(cfg: ChallengeConfig, out: str | os.PathLike | None = None, lo
         if v < 1:
             raise ValueError(f"{name} must be >= 1, got {v}.")
     audit = open_audit(cfg, loaded)
-    fg_items, masks = foreground_items(data)
+    fg_items, masks = foreground_items(data, cfg.split)
     try:
-        bg_items = list_items(data, "only_bg_t")
+        bg_items = list_items(data, "only_bg_t", cfg.split)
     except ValueError:
         raise ValueError(f"The challenge needs the only_bg_t variant as its background pool; {data} has none.") \
             from None
@@ -389,7 +390,8 @@ def run_challenge(cfg: ChallengeConfig, out: str | os.PathLike | None = None, lo
         "fool_subset_size": int(min(cfg.fool_subset, n)),
         "forwards": int(s["forwards"]), "clean_forwards": int(s["clean_forwards"]),
         "analysis_forwards": int(analysis_forwards), "exhaustive_forwards": n * n_bg,
-        "seconds": round(time.time() - t0, 3), "skipped": skipped + s["skipped"],
+        "seconds": round(time.time() - t0, 3), "skipped": skipped + s["skipped"], "split": cfg.split,
+        "overlap_with_training": overlap_with_training(audit, [it.id for it in fg_items], cfg.split),
     }
     if state_path and state_path.is_file():
         state_path.unlink()

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from bgbias.audit.core import Audit, AuditConfig, chw, open_audit
+from bgbias.audit.core import Audit, AuditConfig, chw, open_audit, overlap_with_training
 from bgbias.audit.evaluate import resolve_variants
 from bgbias.core.io import read_image, read_mask, write_png
 from bgbias.core.layout import find_mask, list_items, safe_join, sanitize_name
@@ -106,7 +106,7 @@ def run_saliency(cfg: SaliencyConfig, out: str | Path = "saliency.json",
     data, out = Path(cfg.data), Path(out)
     audit = open_audit(cfg, loaded)
     layer = find_layer(audit.model.module, cfg.layer) if "gradcam" in cfg.methods else None
-    variants = resolve_variants(data, cfg.variants)
+    variants = resolve_variants(data, cfg.variants, cfg.split)
     overlay_dir = out.parent / f"{out.stem}_overlays"
     chosen: set[str] | None = None
     shares = {m: {} for m in cfg.methods}
@@ -115,7 +115,7 @@ def run_saliency(cfg: SaliencyConfig, out: str | Path = "saliency.json",
                               "layer": next((n for n, mod in audit.model.module.named_modules() if mod is layer), None),
                               "skipped": []}
     for v in variants:
-        items = list_items(data, v)
+        items = list_items(data, v, cfg.split)
         if chosen is None:
             ids = sorted({f"{it.label}/{it.id}" for it in items})
             if len(ids) > cfg.max_images:
@@ -126,7 +126,7 @@ def run_saliency(cfg: SaliencyConfig, out: str | Path = "saliency.json",
         for it in items:
             mpath = find_mask(data, it)
             if not mpath.is_file():
-                raise ValueError(f"{v}/{it.path.parent.name}/{it.path.name} has no mask {mpath.name} in fg_mask/val; "
+                raise ValueError(f"{v}/{it.path.parent.name}/{it.path.name} has no mask {mpath.name} in fg_mask/{cfg.split}; "
                                  "image and mask names must match.")
             try:
                 img = read_image(it.path)
@@ -161,6 +161,9 @@ def run_saliency(cfg: SaliencyConfig, out: str | Path = "saliency.json",
                                                    "path": f"{overlay_dir.name}/{rel.as_posix()}"})
     for m in cfg.methods:
         result["methods"][m] = {v: _summary(rows, audit.classes) for v, rows in shares[m].items()}
+    result["split"] = cfg.split
+    result["overlap_with_training"] = overlap_with_training(audit, {i.split("/", 1)[1] for i in chosen or ()},
+                                                            cfg.split)
     return result
 
 

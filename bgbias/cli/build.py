@@ -19,20 +19,28 @@ def _source(args):
 
 
 def build_command(args) -> int:
+    import sys
+    import warnings
+
     from bgbias.synth.build import BuildConfig, build, parse_size
     from bgbias.synth.spurious import parse_families
 
     config = BuildConfig(variants=tuple(v.strip() for v in args.variants.split(",") if v.strip()),
                          seed=args.seed, size=parse_size(args.size), spurious=args.spurious,
                          spurious_families=parse_families(args.spurious_families),
-                         spurious_groups=args.spurious_groups)
-    manifest = build(_source(args), args.out, config, workers=args.workers, executor=args.executor,
-                     progress=not args.quiet)
+                         spurious_groups=args.spurious_groups, holdout=args.holdout)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)
+        manifest = build(_source(args), args.out, config, workers=args.workers, executor=args.executor,
+                         progress=not args.quiet)
     c = manifest["counts"]
-    print(f"wrote {len(manifest['variants'])} variants of {c['kept']} images to {args.out} "
+    splits = ", ".join(f"{k} {n}" for k, n in manifest["splits"].items())
+    print(f"wrote {len(manifest['variants'])} variants of {c['kept']} images ({splits}) to {args.out} "
           f"({c['dropped']} dropped, {c['missing_variant_images']} variant images missing; see manifest.json)")
-    for reason, k in c["by_reason"].items():
-        print(f"  {k:6d}  {reason}")
+    for row in manifest["drop_summary"]:
+        print(f"  {row['count']:6d}  {row['rule']}  e.g. {row['example']}")
+    for w in caught:
+        print(f"bgbias: warning: {w.message}", file=sys.stderr)
     return 0
 
 
@@ -42,8 +50,9 @@ def register(sub) -> None:
     from bgbias.synth.variants import list_variants
 
     p = sub.add_parser("build", help="build IN-9-style background variants of a dataset",
-                       description="Write OUT/<variant>/val/<NN_class>/<id>.png, OUT/fg_mask/val/... and "
-                                   "OUT/manifest.json. Rerun the same command to resume a killed build.")
+                       description="Write OUT/<variant>/<split>/<NN_class>/<id>.png, OUT/fg_mask/<split>/... and "
+                                   "OUT/manifest.json, split 'train' and/or 'val' (the source's own split, else "
+                                   "--holdout F, else all 'val'). Rerun the same command to resume a killed build.")
     p.add_argument("source", help=f"data source: {', '.join(list_sources())} (e.g. digits, digits:64, "
                                   "mnist:DIR, folder:DIR, in9:DIR)")
     p.add_argument("--out", required=True, help="output folder (new, or a previous build of the same command)")
@@ -53,6 +62,9 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed for pairing, textures and photos (default 0)")
     p.add_argument("--size", default="none",
                    help="HxW: resize shorter side then centre crop (e.g. 224x224); 'none' keeps each image's size")
+    p.add_argument("--holdout", type=float, metavar="F",
+                   help="put a fraction F of each class in 'val' and the rest in 'train' (stratified, chosen from "
+                        "the seed and ids) where the source has no split of its own; default: none, all 'val'")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                    help="worker processes (default: all cores); output bytes do not depend on it")
     p.add_argument("--executor", choices=EXECUTORS, default="local",

@@ -27,10 +27,10 @@ def register(sub) -> None:
                                    "saliency) and write OUT/report.html + OUT/results.json.")
     p.add_argument("--out", default=d.out, help=f"output folder (default: {d.out})")
     p.add_argument("--data", default=d.data, help=f"source: digits[:SIZE] or mnist:DIR (default: {d.data})")
-    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--seed", type=int, default=d.seed, help="seed for data, pairing and training")
     p.add_argument("--quick", action="store_true", help="smaller sets and fewer epochs: under a minute")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
-    p.add_argument("--mitigation", default=d.mitigation, choices=MITIGATIONS)
+    p.add_argument("--mitigation", default=d.mitigation, choices=MITIGATIONS, help="the recipe the baseline is compared with")
     p.add_argument("--epochs", type=int, default=None, help="training epochs per model")
     p.add_argument("--balanced-test", action="store_true",
                    help="Waterbirds-style test set: every class on every background family equally often "

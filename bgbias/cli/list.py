@@ -21,7 +21,7 @@ def list_command(args) -> int:
 
 def register(sub) -> None:
     p = sub.add_parser("list", help="list registered variants, backgrounds, sources or architectures")
-    p.add_argument("kind", choices=KINDS)
+    p.add_argument("kind", choices=KINDS, help="what to list")
     p.add_argument("pattern", nargs="?", default="*", help="wildcard filter, e.g. 'mixed_*'")
     p.add_argument("--subset", help="variants only: a tag such as in9, mixed, color, texture, mean")
     p.set_defaults(func=list_command)

@@ -36,5 +36,5 @@ def register(sub) -> None:
     p.add_argument("--target", choices=["label", "pred"], default=None, help="class to attribute (default: label)")
     p.add_argument("--max-images", type=int, default=None, help="images per variant (seeded subset; default 64)")
     p.add_argument("--overlays", type=int, default=None, help="overlay PNGs per variant and method (default 4)")
-    p.add_argument("--out", default="saliency.json")
+    p.add_argument("--out", default="saliency.json", help="result JSON to write (overlay PNGs go beside it)")
     p.set_defaults(func=saliency_command)

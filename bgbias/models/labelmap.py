@@ -73,9 +73,13 @@ class LabelMap:
         """Fail with one sentence when the model's output size or the targets don't fit the data."""
         if self.table is None:
             if num_outputs != num_classes:
+                hint = ("--label-map imagenet-to-in9 (an ImageNet model on IN-9 data) or a JSON map"
+                        if num_outputs == 1000 and num_classes == len(IN9_CLASSES) else
+                        "--label-map FILE.json mapping each model output to a data class (-1 = none), or a model "
+                        "trained on these classes")
                 raise ValueError(
                     f"The model has {num_outputs} outputs but the data has {num_classes} classes; the "
-                    f"'identity' label map needs them equal (use --label-map imagenet-to-in9 or a JSON map).")
+                    f"'identity' label map needs them equal (use {hint}).")
             return
         if num_outputs != len(self.table):
             raise ValueError(

@@ -185,8 +185,15 @@ def load_model(spec: str, weights: str | None = None, trust: bool = False,
     """Build the model named by ``spec`` in eval mode on the CPU (see the module docstring for specs)."""
     kind, sep, rest = (spec or "").partition(":")
     if not sep or kind not in MODEL_KINDS or not rest:
+        hint = ""
+        if spec and Path(spec).is_file():
+            hint = f" Did you mean 'checkpoint:{spec}' (bgbias train's model.pt) or 'torchscript:{spec}'?"
+        elif kind:
+            from bgbias.core.registry import did_you_mean
+
+            hint = did_you_mean(kind, MODEL_KINDS)
         raise ValueError(f"Unknown model spec {spec!r}; valid: torchvision:<arch>, torchscript:FILE, "
-                         "checkpoint:FILE, module:pkg.mod:factory.")
+                         f"checkpoint:FILE, module:pkg.mod:factory.{hint}")
     if kind == "torchvision":
         sd = _unwrap_state_dict(safe_torch_load(weights, trust=trust), Path(weights)) if weights else None
         n = num_classes or (sd is not None and _classes_in_state_dict(sd)) or 1000

@@ -14,8 +14,8 @@ import cv2
 import numpy as np
 
 from bgbias.core.io import write_npy, write_png
-from bgbias.core.layout import MASK_DIR, SPLIT, safe_join
-from bgbias.core.sample import BadSample, Sample, check_mask_usable
+from bgbias.core.layout import MASK_DIR, safe_join
+from bgbias.core.sample import BadSample, Drop, Sample, check_mask_usable
 from bgbias.synth.backgrounds import MeanBackground, only_bg_t, resize_crop
 from bgbias.synth.variants import render_variants
 
@@ -44,23 +44,37 @@ def _prepared(i: int) -> Sample:
         e.stage = "load"
         raise
     except Exception as e:  # a reader bug or exotic file must not stop the build
-        bad = BadSample(f"cannot load ({type(e).__name__}: {e})", _STATE["ids"][i])
+        bad = BadSample(f"cannot load ({type(e).__name__}: {e})", _STATE["ids"][i], rule="load_error",
+                        values={"error": type(e).__name__})
         bad.stage = "load"
         raise bad from None
-    s = fit_sample(s, cfg.size)
     try:
         if s.mask is None:
-            raise BadSample("no foreground mask (give --masks DIR or a mask method)")
-        check_mask_usable(s.mask)
+            raise BadSample(f"no foreground mask for {s.id} ({MASK_HINT})", rule="no_mask", values={"id": s.id})
+        before = float((s.mask > 0.5).mean()) if cfg.size is not None else None
+        s = fit_sample(s, cfg.size)
+        try:
+            check_mask_usable(s.mask)
+        except BadSample as e:
+            if before is None or e.drop.rule != "mask_empty" or before < 1e-4:
+                raise
+            h, w = cfg.size
+            raise BadSample(f"the centre crop to {h}x{w} cut the object out ({100 * before:.2g}% of the image was "
+                            f"foreground before the crop, none after)", rule="crop_cut_object",
+                            values={"size": f"{h}x{w}", "fraction_before": round(before, 6)}) from None
     except BadSample as e:
         e.stage = "mask"
         raise
     return s
 
 
+MASK_HINT = "give --masks DIR or --masks-from grabcut"
+
+
 def _drop(i: int, exc: BaseException, stage: str | None = None) -> dict:
-    reason = exc.reason if isinstance(exc, BadSample) else f"unexpected {type(exc).__name__}: {exc}"
-    return {"i": i, "id": _STATE["ids"][i], "reason": reason, "stage": stage or getattr(exc, "stage", "variant")}
+    drop = exc.drop if isinstance(exc, BadSample) else Drop("unexpected_error", f"{type(exc).__name__}: {exc}",
+                                                             {"error": type(exc).__name__})
+    return {"i": i, "id": _STATE["ids"][i], **drop.to_dict(), "stage": stage or getattr(exc, "stage", "variant")}
 
 
 def _fit_task(chunk: Sequence[int]) -> dict:
@@ -136,12 +150,12 @@ def _cached(i: int, which: int) -> np.ndarray | None:
 
 
 def _path(variant_dir: str, i: int, ext: str = ".png") -> Path:
-    """OUT/<variant_dir>/val/<class>/<id><ext>; folders checked by ``safe_join`` once, ids checked in :func:`build`."""
-    cdir = _STATE["class_dirs"][_STATE["labels"][i]]
-    key = (variant_dir, cdir)
+    """OUT/<variant_dir>/<split>/<class>/<id><ext>; folders checked by ``safe_join`` once, ids checked in :func:`build`."""
+    cdir, split = _STATE["class_dirs"][_STATE["labels"][i]], _STATE["splits"][i]
+    key = (variant_dir, split, cdir)
     d = _DIRS.get(key)
     if d is None:
-        d = _DIRS[key] = safe_join(_STATE["out"], variant_dir, SPLIT, cdir)
+        d = _DIRS[key] = safe_join(_STATE["out"], variant_dir, split, cdir)
     return d / (_STATE["ids"][i] + ext)
 
 
@@ -222,4 +236,4 @@ def fit_sample(sample: Sample, size: tuple[int, int] | None) -> Sample:
 
 
 _STATE: dict[str, Any] = {}
-_DIRS: dict[tuple[str, str], Path] = {}
+_DIRS: dict[tuple[str, str, str], Path] = {}
