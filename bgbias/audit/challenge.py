@@ -34,13 +34,14 @@ The "worst" background of a fooled foreground is the first fooling one found
 backgrounds per class are measured afterwards on one fixed, seeded subset of
 foregrounds (``fool_subset``) so rates are comparable across backgrounds.
 Progress is saved atomically to ``STATE`` (default ``OUT.state``) every
-``save_every`` foregrounds or ``save_seconds``; rerunning the same command
+``save_every`` foregrounds or ``save_seconds``, and on SIGTERM/SIGINT; rerunning the same command
 resumes and gives the identical result; the file is removed when done
 (the state and its checks live in :mod:`bgbias.audit.challenge_state`).
 """
 from __future__ import annotations
 
 import os
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -52,6 +53,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from bgbias.audit.challenge_state import (
+    StopSignals,
     FOOLED,
     ROBUST,
     SKIPPED,
@@ -72,8 +74,10 @@ from bgbias.audit.core import (
     open_audit,
 )
 from bgbias.audit.groups import reference_levels, wilson_ci
+from bgbias.audit.mask_check import check_masks
 from bgbias.core.compose import compose
 from bgbias.core.layout import list_items
+from bgbias.core.record import build_record
 from bgbias.core.seeding import numpy_rng
 from bgbias.models.load import LoadedModel
 
@@ -152,9 +156,8 @@ class Pool:
 def _prep_fg(audit: Audit, img: torch.Tensor, mask: torch.Tensor, shape) -> tuple[torch.Tensor, torch.Tensor]:
     x = audit.preprocess(img[None].to(audit.device))[0]
     m = mask[None, None].to(audit.device, torch.float32)
-    if tuple(m.shape[-2:]) != tuple(x.shape[-2:]):
-        m = torch.nn.functional.interpolate(m, size=tuple(x.shape[-2:]), mode="bilinear", align_corners=False,
-                                            antialias=True).clamp_(0, 1)
+    if tuple(m.shape[-2:]) != tuple(x.shape[-2:]):      # the image's own geometry (resize, centre crop)
+        m = audit.preprocess.resize(m, "bilinear").clamp_(0, 1)
     if tuple(x.shape[-2:]) != tuple(shape):
         raise ValueError(f"A foreground is {x.shape[-1]}x{x.shape[-2]} but the backgrounds are {shape[1]}x{shape[0]}; "
                          "pass --size H W so both are resized to the model input.")
@@ -314,6 +317,9 @@ def run_challenge(cfg: ChallengeConfig, out: str | os.PathLike | None = None, lo
             raise ValueError(f"{name} must be >= 1, got {v}.")
     audit = open_audit(cfg, loaded)
     fg_items, masks = foreground_items(data, cfg.split)
+    mask_check = check_masks(masks)
+    if mask_check["warning"]:
+        print(f"warning: {mask_check['warning']}", file=sys.stderr)
     try:
         bg_items = list_items(data, "only_bg_t", cfg.split)
     except ValueError:
@@ -345,8 +351,12 @@ def run_challenge(cfg: ChallengeConfig, out: str | os.PathLike | None = None, lo
     paths = [it_.path for it_ in fg_items]
     since, saved_at = 0, time.time()
     with tqdm(total=n_fg, initial=int((s["verdict"] != UNKNOWN).sum()), desc="challenge", unit="fg",
-              disable=not cfg.progress) as bar:
+              disable=not cfg.progress) as bar, StopSignals() as stop:
         while s["active"] or s["next_fg"] < n_fg:
+            if stop.signal is not None:   # SIGTERM/SIGINT: save between rounds (a consistent state), then stop
+                if state_path:
+                    save_state(state_path, s)
+                raise KeyboardInterrupt(f"{stop.signal} received; progress saved to {state_path}")
             before = int((s["verdict"] == SKIPPED).sum())
             search.fill(it, s["skipped"], paths)
             done = int((s["verdict"] == SKIPPED).sum()) - before
@@ -392,6 +402,9 @@ def run_challenge(cfg: ChallengeConfig, out: str | os.PathLike | None = None, lo
         "analysis_forwards": int(analysis_forwards), "exhaustive_forwards": n * n_bg,
         "seconds": round(time.time() - t0, 3), "skipped": skipped + s["skipped"], "split": cfg.split,
         "overlap_with_training": overlap_with_training(audit, [it.id for it in fg_items], cfg.split),
+        "masks": mask_check,
+        "record": build_record(audit.model.files, audit.model.module, audit.device, cfg.seed, data,
+                               audit.preprocess.to_dict()),
     }
     if state_path and state_path.is_file():
         state_path.unlink()

@@ -2,6 +2,7 @@
 read (``val`` by default) and the check that it holds no training image of the model."""
 from __future__ import annotations
 
+import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,7 @@ from bgbias.core.layout import (
     require_split,
 )
 from bgbias.core.sample import BadSample
-from bgbias.models.labelmap import LabelMap, load_label_map
+from bgbias.models.labelmap import LabelMap, resolve_label_map
 from bgbias.models.load import (
     LoadedModel,
     Preprocess,
@@ -49,6 +50,8 @@ class AuditConfig:
     std: tuple[float, ...] | None = None
     size: tuple[int, ...] | None = None
     trust: bool = False
+    download_weights: bool = False        # timm / hf / clip: fetch pretrained weights (offline by default)
+    prompts: str | None = None            # clip: prompt templates file (default: the ImageNet templates)
     seed: int = 0
     progress: bool = True
     split: str = "val"                    # which split of the layout to read
@@ -92,12 +95,15 @@ def open_audit(cfg: AuditConfig, loaded: LoadedModel | None = None) -> Audit:
     if not present:
         require_split(data, cfg.split)
     classes = list_classes(data, "original" if "original" in present else present[0])
-    lm = loaded or load_model(cfg.model, weights=cfg.weights, trust=cfg.trust)
-    default = lm.preprocess or (make_preprocess("imagenet") if cfg.model.startswith("torchvision:") else None)
-    pp = make_preprocess(cfg.preprocess, cfg.mean, cfg.std, cfg.size, default=default)
+    lm = loaded or load_model(cfg.model, weights=cfg.weights, trust=cfg.trust, download=cfg.download_weights,
+                              prompts=cfg.prompts, class_names=classes)
+    pp = make_preprocess(cfg.preprocess, cfg.mean, cfg.std, cfg.size, default=lm.preprocess)
     dev = resolve_device(cfg.device)
     lm.to(dev)
-    return Audit(lm, pp, load_label_map(cfg.label_map), dev, classes)
+    label_map, note = resolve_label_map(cfg.label_map, classes, lm.classes, lm.num_outputs)
+    if note:
+        print(note, file=sys.stderr)
+    return Audit(lm, pp, label_map, dev, classes)
 
 
 def chw(image: np.ndarray) -> torch.Tensor:

@@ -26,6 +26,7 @@ from bgbias.audit.groups import (
     too_small,
 )
 from bgbias.core.layout import SIGNAL_GROUPS, Item, list_items, list_variant_dirs, sanitize_name
+from bgbias.core.record import build_record
 from bgbias.core.seeding import numpy_rng
 from bgbias.models.load import LoadedModel
 
@@ -185,6 +186,8 @@ def evaluate(config: EvalConfig, loaded: LoadedModel | None = None) -> dict[str,
     result["signal_groups"] = (signal_groups(keyed["only_fg"], keyed["only_bg_t"], audit.classes)
                                if "only_fg" in keyed and "only_bg_t" in keyed else None)
     result["overlap_with_training"] = overlap_with_training(audit, seen_ids, config.split)
+    result["record"] = build_record(audit.model.files, audit.model.module, audit.device, config.seed, data,
+                                    result["preprocess"])
     result["seconds"] = round(time.time() - t0, 3)
     return result
 

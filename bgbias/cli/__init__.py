@@ -70,6 +70,12 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"bgbias: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:   # a write the command did not word itself (read-only folder, full disk, ...)
+        if getattr(args, "debug", False):
+            raise
+        where = f" {e.filename}:" if getattr(e, "filename", None) else ""
+        print(f"bgbias: error:{where} {e.strerror or e}.", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("bgbias: interrupted; rerun the same command to resume.", file=sys.stderr)
         return 130

@@ -19,6 +19,10 @@ def _source(args):
 
 
 def build_command(args) -> int:
+    if args.task == "detection":
+        from bgbias.detect.cli_glue import build_detection_command
+
+        return build_detection_command(args)
     import sys
     import warnings
 
@@ -28,7 +32,8 @@ def build_command(args) -> int:
     config = BuildConfig(variants=tuple(v.strip() for v in args.variants.split(",") if v.strip()),
                          seed=args.seed, size=parse_size(args.size), spurious=args.spurious,
                          spurious_families=parse_families(args.spurious_families),
-                         spurious_groups=args.spurious_groups, holdout=args.holdout)
+                         spurious_groups=args.spurious_groups, holdout=args.holdout, image_format=args.image_format,
+                         mask_threshold=0.5 if args.binary_masks and args.mask_threshold is None else args.mask_threshold)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UserWarning)
         manifest = build(_source(args), args.out, config, workers=args.workers, executor=args.executor,
@@ -82,6 +87,16 @@ def register(sub) -> None:
     p.add_argument("--spurious-groups", metavar="GROUPS",
                    help="tie groups of classes to one family each, groups split by '/' (class names or indices, "
                         "e.g. 0,1,2,3,4/5,6,7,8,9: group k sits on family k); default: each class its own group")
+    p.add_argument("--task", choices=("classification", "detection"), default="classification",
+                   help="detection: keep every instance and box, write COCO json per variant (bgbias.detect.build)")
+    p.add_argument("--image-format", choices=("png", "jpeg"), default="png",
+                   help="png (lossless, default) or jpeg: the IN-9 release's .JPEG files, so its official scripts "
+                        "(in9_eval.py, challenge_eval.py) run on the build unchanged; JPEG adds compression artefacts "
+                        "(strongest at the pasted foreground's edges) that the png build does not have")
+    p.add_argument("--binary-masks", action="store_true",
+                   help="binarise masks at 0.5 for every variant and fg_mask file (the official challenge script "
+                        "casts masks to uint8, reading every soft value below 1 as background)")
+    p.add_argument("--mask-threshold", type=float, metavar="T", help="binarise masks at T instead of 0.5")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     try:

@@ -9,7 +9,9 @@ from ._model_options import add_model_arguments, model_kwargs
 
 def challenge_command(args: argparse.Namespace) -> int:
     from bgbias.audit.challenge import ChallengeConfig, run_challenge
-    from bgbias.core.io import write_json
+    from bgbias.core.io import check_writable, write_json
+
+    check_writable(args.out)   # before the compute, not after it
 
     kw = {k: v for k, v in dict(max_backgrounds=args.max_backgrounds, top_k=args.top_k, fool_subset=args.fool_subset,
                                 state=args.state, active=args.active).items() if v is not None}
@@ -45,5 +47,7 @@ def register(sub) -> None:
     p.add_argument("--fool-subset", type=int, default=None,
                    help="foregrounds in the fixed subset the fool rates are measured on (default 200)")
     p.add_argument("--active", type=int, default=None, help="foregrounds searched at once (default 128)")
-    p.add_argument("--state", default=None, help="resume file (default: OUT.state), saved every 256 foregrounds or 60 s; deleted when the run completes")
+    p.add_argument("--state", default=None,
+                   help="resume file (default: OUT.state), saved every 60 s or 256 foregrounds and on "
+                        "SIGTERM/SIGINT (Ctrl-C); rerun the same command to resume; deleted when the run completes")
     p.set_defaults(func=challenge_command)

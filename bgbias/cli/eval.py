@@ -8,7 +8,9 @@ from ._model_options import add_model_arguments, model_kwargs, split_list
 
 def eval_command(args: argparse.Namespace) -> int:
     from bgbias.audit.evaluate import EvalConfig, evaluate, format_table
-    from bgbias.core.io import write_json
+    from bgbias.core.io import check_writable, write_json
+
+    check_writable(args.out)   # before the compute, not after it
 
     result = evaluate(EvalConfig(variants=split_list(args.variants), **model_kwargs(args)))
     write_json(args.out, result)

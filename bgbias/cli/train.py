@@ -13,7 +13,15 @@ def _limit(text: str) -> float | None:
 
 
 def train_command(args: argparse.Namespace) -> int:
+    if args.task == "detection":
+        from bgbias.detect.cli_glue import train_detection_command
+
+        return train_detection_command(args)
+    from bgbias.cli._common import registry_type
+    from bgbias.models.nets import ARCHS
     from bgbias.train.loop import train
+
+    args.arch = registry_type(ARCHS)(args.arch) if args.arch else TrainConfig().arch
 
     families = tuple(f.strip() for f in args.families.split(",") if f.strip())
     size = args.size
@@ -47,8 +55,11 @@ def register(sub) -> None:
                    help="a build dir (trains on its 'train' split, validates on 'val'; build with --holdout F) "
                         "or a source spec (digits, mnist:DIR, folder:DIR, in9:DIR) split by --val-fraction")
     p.add_argument("--out", required=True, help="run folder: model.pt, last.pt, metrics.json")
-    p.add_argument("--arch", default=d.arch, type=registry_type(ARCHS), metavar="NAME",
-                   help=f"architecture: {', '.join(ARCHS.names())}")
+    p.add_argument("--arch", metavar="NAME",
+                   help=f"architecture: {', '.join(ARCHS.names())} (default {d.arch}); with --task detection: "
+                        "tiny_centernet (default), tiny_frcnn or a torchvision detection arch")
+    p.add_argument("--task", choices=("classification", "detection"), default="classification",
+                   help="detection: fine-tune a detector on a detection build (recipes baseline, bg-augment)")
     p.add_argument("--pretrained", metavar="FILE",
                    help="fine-tune from local weights: a state dict (e.g. torchvision's resnet18-*.pth for "
                         "--arch resnet18) or a bgbias checkpoint; read with weights_only, the head is re-initialised")
@@ -70,8 +81,10 @@ def register(sub) -> None:
                    help="source specs only: the share held out for validation; a build dir trains on its "
                         "'train' split and validates on 'val'")
     p.add_argument("--families", default=",".join(d.families),
-                   help="bg-augment families: color, color:<c>, mean, mean_color, texture[:name], photos:DIR, "
-                        "other_sample, same_class, next_class")
+                   help="bg-augment backgrounds, FAMILY[=WEIGHT],...: bank (default), texture:* (random parameters), "
+                        "texture:NAME[:param], noise[:smooth|fractal|pixel], gradient, color:random, color:<c>, mean, "
+                        "mean_color, photos:DIR (random crops), other_sample, same_class, next_class; e.g. "
+                        "'bank,photos:DIR=0.5'")
     p.add_argument("--p", type=float, default=d.p, help="bg-augment: probability a background is swapped")
     p.add_argument("--true-masks", action="store_true", help="adversarial: use the data's masks, not f_m")
     p.add_argument("--clean-epochs", type=int, help="adversarial stage 1 epochs (default: --epochs)")

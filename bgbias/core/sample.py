@@ -20,6 +20,9 @@ Box = tuple[int, int, int, int]
 _RULE_PREFIX = re.compile(r"^([a-z][a-z0-9_]*): (.+)$", re.S)
 
 
+GENERIC_RULE = "bad_sample"     # a reader's reason without a rule of its own
+
+
 @dataclass(frozen=True)
 class Drop:
     """Why one sample was dropped: a short ``rule`` to count by, a one-sentence ``detail`` with the real
@@ -31,8 +34,8 @@ class Drop:
 
     @property
     def reason(self) -> str:
-        """``rule: detail``, the text recorded in manifests."""
-        return f"{self.rule}: {self.detail}"
+        """``rule: detail``, the text recorded in manifests (just the detail for the generic rule)."""
+        return self.detail if self.rule == GENERIC_RULE else f"{self.rule}: {self.detail}"
 
     def to_dict(self) -> dict[str, Any]:
         return {"rule": self.rule, "reason": self.reason, "values": dict(self.values)}
@@ -43,7 +46,7 @@ class Drop:
         m = _RULE_PREFIX.match(reason)
         if rule is None and m:
             rule, reason = m.group(1), m.group(2)
-        return cls(rule or "bad_sample", reason, dict(values or {}))
+        return cls(rule or GENERIC_RULE, reason, dict(values or {}))
 
 
 class BadSample(Exception):

@@ -162,11 +162,27 @@ class MnistSource(Source):
 
 # ---------------------------------------------------------------- folders
 
-def _class_folders(root: Path) -> list[Path]:
+def _class_folders(root: Path, dropped: list[dict] | None = None) -> list[Path]:
+    """Class folders of ``root``; hidden folders and symlinks to the root, an ancestor of it or another
+    class folder (which would list images twice, under a fake class) are recorded in ``dropped``."""
     from bgbias.core.registry import natural_key
 
-    return sorted((p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")),
-                  key=lambda p: natural_key(p.name))
+    dropped = [] if dropped is None else dropped
+    real_root = root.resolve()
+    folders, seen = [], {}
+    for p in sorted((p for p in root.iterdir() if p.is_dir()), key=lambda p: natural_key(p.name)):
+        if p.name.startswith("."):
+            dropped.append({"path": p.name + "/", "reason": "hidden folder (its name starts with '.'); not a class"})
+            continue
+        real = p.resolve()
+        if p.is_symlink() and (real == real_root or real in real_root.parents or real in seen):
+            what = f"class folder {seen[real]!r}" if real in seen else "the image folder itself or one above it"
+            dropped.append({"path": p.name + "/", "reason": f"symlink_loop: class folder symlink to {what}; "
+                                                              "not a class"})
+            continue
+        seen[real] = p.name
+        folders.append(p)
+    return folders
 
 
 class FolderSource(Source):
@@ -191,11 +207,18 @@ class FolderSource(Source):
         for f in sorted(p for p in root.iterdir() if p.is_file() and not p.name.startswith(".")):
             self.scan_dropped.append({"path": f.name, "reason": "file is not inside a class folder",
                                       "rule": "outside_class_folder", "values": {"file": f.name}})
-        for label, d in enumerate(_class_folders(root)):
+        for label, d in enumerate(_class_folders(root, self.scan_dropped)):
             self.classes.append(d.name)
-            for f in sorted(p for p in d.rglob("*") if p.is_file()):
+            for f in sorted(d.rglob("*")):
                 rel = f.relative_to(root)
+                if not f.is_file():
+                    if f.is_symlink() and not f.exists():   # broken, or a loop (is_file/exists give False)
+                        self.scan_dropped.append({"path": rel.as_posix(), "reason": "symlink_broken: a symlink "
+                                                  "that loops or points to nothing"})
+                    continue
                 if any(part.startswith(".") for part in rel.parts):
+                    self.scan_dropped.append({"path": rel.as_posix(), "reason": "hidden file (a name on its path "
+                                                                                "starts with '.')"})
                     continue
                 if f.suffix.lower() not in IMAGE_EXTENSIONS:
                     self.scan_dropped.append({"path": rel.as_posix(), "reason": f"not an image file ({f.suffix or 'no extension'})",

@@ -36,7 +36,7 @@ class TrainConfig:
     val_fraction: float = 0.1                    # source specs only; a build dir validates on its 'val' split
     norm: str = "batch"                          # small-cnn normalisation: batch (with --min-steps) or group
     min_steps: int = 100                         # at least this many optimiser steps (smaller batches, more passes)
-    families: tuple[str, ...] = ("color", "mean", "other_sample")   # bg-augment
+    families: tuple[str, ...] = ("bank",)        # bg-augment: background spec (bgbias.synth.bank), FAMILY[=W],...
     p: float = 0.8                               # bg-augment: chance a sample's background is swapped
     true_masks: bool = False                     # adversarial: use the data's masks instead of f_m
     clean_epochs: int | None = None              # adversarial stage 1 (None -> epochs)
@@ -46,6 +46,8 @@ class TrainConfig:
     brightness: float | None = 0.5               # adversarial: L_BA limit on mean(b); None disables
     clean_fraction: float = 0.2                  # adversarial: share of each batch left clean
     replay: int = 2048                           # adversarial: past generated backgrounds kept for replay
+    adv_bank: float = 0.5                        # adversarial: share of backgrounds drawn from --families' bank
+    gen_every: int = 2                           # adversarial: generator step every N batches
     resume: bool = False                         # continue from OUT/last.pt (config must match)
     # group-robustness baselines (bgbias.train.group_recipes); group labels come from the build's manifest
     dro_eta: float = 0.01                        # group_dro: step size of the online group weights q
@@ -84,6 +86,9 @@ class TrainConfig:
             raise ValueError(f"--dro-eta and --dro-weight-decay must be >= 0, --jtt-epochs, --jtt-up and --dfr-epochs "
                              f">= 1; got {self.dro_eta}, {self.dro_weight_decay}, {self.jtt_epochs}, {self.jtt_up}, "
                              f"{self.dfr_epochs}.")
+        if not 0.0 <= self.adv_bank <= 1.0 or self.gen_every < 1:
+            raise ValueError(f"--adv-bank must be in [0, 1] and --gen-every >= 1, got {self.adv_bank} and "
+                             f"{self.gen_every}.")
         if not 0.0 < self.area < 1.0:
             raise ValueError(f"--area must be in (0, 1), got {self.area}.")
         return self

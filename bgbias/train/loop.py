@@ -29,8 +29,9 @@ from torch import nn
 
 from bgbias.audit.groups import group_accuracy, group_counts
 from bgbias.core.io import write_json
+from bgbias.core.record import build_record
 from bgbias.core.seeding import derive_seed, torch_generator
-from bgbias.models.checkpoint import load_checkpoint, safe_torch_load, save_checkpoint
+from bgbias.models.checkpoint import load_checkpoint, load_state_dict_file, save_checkpoint
 from bgbias.models.nets import ARCHS, create_arch
 from bgbias.models.load import IMAGENET_MEAN, IMAGENET_STD
 from bgbias.train.config import OPTIMIZERS, SCHEDULES, TrainConfig
@@ -68,11 +69,7 @@ def build_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
         model = create_arch(cfg.arch, num_classes, **arch_kwargs(cfg))
     model.pretrained_report = None
     if cfg.pretrained:
-        state = safe_torch_load(cfg.pretrained)
-        state = state.get("state_dict", state) if isinstance(state, dict) else state
-        if not isinstance(state, dict):
-            raise ValueError(f"{cfg.pretrained} holds no state dict (a mapping of tensor names to tensors).")
-        state = {k.removeprefix("module."): v for k, v in state.items() if torch.is_tensor(v)}
+        state = {k.removeprefix("module."): v for k, v in load_state_dict_file(cfg.pretrained).items()}
         own = model.state_dict()
         fits = {k: v for k, v in state.items() if k in own and tuple(v.shape) == tuple(own[k].shape)}
         if not fits:
@@ -205,6 +202,9 @@ def run_epoch(model, opt, sched, data: TrainData, rows: torch.Tensor, cfg: Train
     return {"loss": loss_sum / seen, "train_accuracy": correct / seen, "seconds": round(time.time() - t0, 2)}
 
 
+RUN_FILES = ("model.pt", "last.pt", "metrics.json")
+
+
 def train(cfg: TrainConfig, progress: bool = True, stop_after: int | None = None,
           data: TrainData | None = None) -> dict[str, Any]:
     """Run a recipe end to end; returns the metrics dict (also written to ``OUT/metrics.json``).
@@ -212,8 +212,20 @@ def train(cfg: TrainConfig, progress: bool = True, stop_after: int | None = None
     ``data``: already-loaded data to use instead of reading ``cfg.data`` (benchmarks use a split of a source).
     ``stop_after``: stop after this many epochs of this call (all phases counted), leaving ``last.pt``
     to ``--resume`` from (used by tests and for time-sliced runs).
+    The run folder is locked for the run, and one holding a run is refused unless ``resume``.
     """
+    from bgbias.core.lock import FolderLock
+
     cfg.validate()
+    with FolderLock(cfg.out, "bgbias train"):
+        held = [f for f in RUN_FILES if (Path(cfg.out) / f).exists()]
+        if held and not cfg.resume:
+            raise ValueError(f"Run folder {cfg.out} already holds a training run ({', '.join(held)}); "
+                             "pass --resume to continue it, or choose a new --out.")
+        return _train(cfg, progress, stop_after, data)
+
+
+def _train(cfg: TrainConfig, progress: bool, stop_after: int | None, data: TrainData | None) -> dict[str, Any]:
     recipe = RECIPES.create(cfg.recipe)
     device = torch.device(cfg.device)
     out = Path(cfg.out)
@@ -335,6 +347,8 @@ def train(cfg: TrainConfig, progress: bool = True, stop_after: int | None = None
     if data.groups:
         metrics["group_counts"] = meta["group_counts"]
     save_checkpoint(out / "model.pt", model.state_dict(), {**meta, "epoch": len(history)})
+    metrics["record"] = build_record([cfg.pretrained] if cfg.pretrained else [], model, device, cfg.seed, cfg.data,
+                                     preprocess)
     write_json(out / "metrics.json", metrics)
     return metrics
 
