@@ -7,8 +7,9 @@
 Steps (each one library call; all randomness from ``--seed``):
 
 1. split the source into a training and a test part (seeded, disjoint ids);
-2. build both with class-correlated backgrounds of known strength (:class:`~bgbias.sources.base.SpuriousSource`,
-   ``rho`` = 0.9: class c sits on its own background family 90% of the time). The test build holds
+2. build both with class-correlated backgrounds of known strength (:class:`~bgbias.synth.spurious.SpuriousSource`,
+   ``rho`` = 0.9: class c sits on its own background family 90% of the time; with ``balanced_test`` the
+   test build is group-balanced instead, each class on each family equally often). The test build holds
    all 8 IN-9 variants plus colour and texture variants; the training build holds ``original``
    (and ``mixed_rand``, what the ``mixed-rand`` recipe trains on);
 3. train the ``baseline`` and the mitigated recipe (default ``mixed-rand``, paper 001) on the same images;
@@ -58,6 +59,7 @@ class DemoConfig:
     fool_subset: int = 100                    # foregrounds on which fool rates of top backgrounds are measured
     saliency_images: int = 60
     workers: int = 1
+    balanced_test: bool = False               # test build group-balanced (Waterbirds-style) instead of at rho
 
     @classmethod
     def quick_preset(cls, **overrides: Any) -> "DemoConfig":
@@ -100,7 +102,8 @@ def build_key(cfg: DemoConfig) -> str:
 
     # the version (and a format tag bumped when the builds' source description changes) is part of the key:
     # build() refuses a folder holding a build made differently, and the demo should rebuild, not fail
-    parts = (cfg.data, cfg.seed, cfg.rho, cfg.n_train, cfg.n_test, cfg.variants, cfg.mitigation, __version__, 2)
+    parts = (cfg.data, cfg.seed, cfg.rho, cfg.n_train, cfg.n_test, cfg.variants, cfg.mitigation, __version__, 2) \
+        + (("balanced",) if cfg.balanced_test else ())
     return f"{sanitize_name(cfg.data)}-seed{cfg.seed}-{derive_seed(0, *parts) % 16 ** 8:08x}"
 
 
@@ -153,9 +156,16 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict[str, Any]:
           progress=progress)
     stages.start("build_test", f"building the test set: {len(test_idx)} images x {len(cfg.variants)} variants")
     test_dir = data_root / "test"
-    build(SubsetSource(base, test_idx), test_dir,
-          BuildConfig(variants=tuple(cfg.variants), seed=cfg.seed, spurious=cfg.rho), workers=cfg.workers,
-          progress=progress)
+    if cfg.balanced_test:   # every class on every family equally often: worst-group accuracy means something
+        from bgbias.synth.spurious import SpuriousSource
+
+        build(SpuriousSource(SubsetSource(base, test_idx), cfg.rho, seed=cfg.seed, splits=["val"] * len(test_idx)),
+              test_dir, BuildConfig(variants=tuple(cfg.variants), seed=cfg.seed), workers=cfg.workers,
+              progress=progress)
+    else:
+        build(SubsetSource(base, test_idx), test_dir,
+              BuildConfig(variants=tuple(cfg.variants), seed=cfg.seed, spurious=cfg.rho), workers=cfg.workers,
+              progress=progress)
 
     files: list[Path] = [test_dir / "manifest.json"]
     for recipe in recipes:

@@ -73,6 +73,7 @@ from bgbias.audit.core import (
     overlap_with_training,
     open_audit,
 )
+from bgbias.audit.groups import reference_levels, wilson_ci
 from bgbias.audit.mask_check import check_masks
 from bgbias.core.compose import compose
 from bgbias.core.layout import list_items
@@ -389,6 +390,9 @@ def run_challenge(cfg: ChallengeConfig, out: str | os.PathLike | None = None, lo
         "kind": "bgbias-challenge/1", "model": cfg.model, "data": str(data), "config": asdict(cfg),
         "preprocess": audit.preprocess.to_dict(), "label_map": audit.label_map.name, "classes": audit.classes,
         "challenge_accuracy": float(1 - fooled[ok].mean()) if n else None, "exhaustive": exhaustive,
+        # reference levels of challenge_accuracy: Wilson 95% interval, chance 1/C, majority-class rate, too_small
+        "challenge_ci95": wilson_ci(int((~fooled & ok).sum()), n),
+        **reference_levels(fg_labels[ok], len(audit.classes), wilson_ci(int((~fooled & ok).sum()), n)),
         "n_foregrounds": n, "n_backgrounds": n_bg, "clean_accuracy": float(clean_ok[ok].mean()) if n else None,
         "clean_wrong_fooled": int((fooled & ~clean_ok & ok).sum()),
         "clean_wrong_not_fooled": int((~fooled & ~clean_ok & ok).sum()),

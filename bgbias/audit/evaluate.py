@@ -17,6 +17,14 @@ from typing import Any, Sequence
 import numpy as np
 
 from bgbias.audit.core import AuditConfig, bootstrap_ci, open_audit, overlap_with_training, predict_paths
+from bgbias.audit.groups import (
+    DEFAULT_MIN_COUNT,
+    group_accuracy,
+    read_manifest,
+    reference_levels,
+    sample_groups,
+    too_small,
+)
 from bgbias.core.layout import SIGNAL_GROUPS, Item, list_items, list_variant_dirs, sanitize_name
 from bgbias.core.record import build_record
 from bgbias.core.seeding import numpy_rng
@@ -36,6 +44,7 @@ class EvalConfig(AuditConfig):
 
     variants: tuple[str, ...] | None = None   # None = every variant folder present
     n_bootstrap: int = 1000
+    group_min_count: int = DEFAULT_MIN_COUNT   # groups with fewer samples are reported, not eligible for "worst"
 
 
 def family_dirname(family: str) -> str:
@@ -75,9 +84,23 @@ def _variant_result(items: list[Item], preds: np.ndarray, valid: np.ndarray, cla
         if sel.any():
             per_class[name] = {"accuracy": float(correct[sel].mean()), "n": int(sel.sum())}
     n = int(len(correct))
-    return {"accuracy": float(correct.mean()) if n else None, "ci95": bootstrap_ci(correct, rng, n_boot),
+    ci = bootstrap_ci(correct, rng, n_boot)
+    return {"accuracy": float(correct.mean()) if n else None, "ci95": ci, **reference_levels(labels, c, ci),
             "n": n, "correct": int(correct.sum()), "per_class": per_class, "confusion": confusion.tolist(),
             "outside_map": outside.tolist(), "seen_in_training": seen}
+
+
+def _groups(items: list[Item], correct: np.ndarray, valid: np.ndarray, groups: dict[str, str] | None,
+            cfg: "EvalConfig", train_counts: dict | None, variant: str) -> dict[str, Any] | None:
+    """Worst-group / mean / training-weighted accuracy of one variant (None when the build records no backgrounds)."""
+    if not groups:
+        return None
+    rows = [i for i, it in enumerate(items) if valid[i] and it.id in groups]
+    if not rows:
+        return None
+    return group_accuracy([groups[items[i].id] for i in rows], correct[rows], min_count=cfg.group_min_count,
+                          train_counts=train_counts, rng=numpy_rng(cfg.seed, "groups", variant),
+                          n_boot=cfg.n_bootstrap)
 
 
 def _by_key(items: list[Item], correct: np.ndarray, valid: np.ndarray) -> dict[tuple[int, str], bool]:
@@ -85,7 +108,10 @@ def _by_key(items: list[Item], correct: np.ndarray, valid: np.ndarray) -> dict[t
 
 
 def bg_gap(same: dict, rand: dict, rng: np.random.Generator, n_boot: int) -> dict[str, Any]:
-    """acc(mixed_same) - acc(mixed_rand); CI from a paired bootstrap over the foreground ids in both."""
+    """acc(mixed_same) - acc(mixed_rand); CI from a paired bootstrap over the foreground ids in both.
+
+    Its reference level is 0 (a model that ignores backgrounds); ``too_small`` flags an interval wider
+    than 20 points."""
     value = float(np.mean(list(same.values())) - np.mean(list(rand.values())))
     common = sorted(set(same) & set(rand))
     if common:
@@ -93,7 +119,9 @@ def bg_gap(same: dict, rand: dict, rng: np.random.Generator, n_boot: int) -> dic
         ci = bootstrap_ci(d, rng, n_boot)
     else:
         ci = None
-    return {"value": value, "ci95": ci, "paired": len(common), "n_same": len(same), "n_rand": len(rand)}
+    # reference: 0 (no reliance on the background); too_small: the paired interval is wider than 20 points
+    return {"value": value, "ci95": ci, "too_small": too_small(ci), "paired": len(common), "n_same": len(same),
+            "n_rand": len(rand)}
 
 
 def signal_groups(fg: dict, bg: dict, classes: list[str]) -> dict[str, Any]:
@@ -130,6 +158,9 @@ def evaluate(config: EvalConfig, loaded: LoadedModel | None = None) -> dict[str,
                               "label_map": audit.label_map.name, "classes": audit.classes, "variants": {},
                               "families_seen": families, "skipped": []}
     keyed: dict[str, dict] = {}
+    manifest = read_manifest(data)
+    train_counts = audit.model.meta.get("group_counts") or None
+    result["group_min_count"] = config.group_min_count
     seen_ids: set[str] = set()
     for v in variants:
         items = list_items(data, v, config.split)
@@ -146,6 +177,9 @@ def evaluate(config: EvalConfig, loaded: LoadedModel | None = None) -> dict[str,
         result["variants"][v] = _variant_result(items, preds, valid, audit.classes, rng, config.n_bootstrap,
                                                 seen_in_training(v, families))
         labels = np.array([it.label for it in items])
+        result["variants"][v]["chance"] = 1.0 / len(audit.classes)
+        result["variants"][v]["groups"] = _groups(items, preds == labels, valid, sample_groups(manifest, v),
+                                                  config, train_counts, v)
         keyed[v] = _by_key(items, preds == labels, valid)
     result["bg_gap"] = (bg_gap(keyed["mixed_same"], keyed["mixed_rand"], numpy_rng(config.seed, "bg_gap"),
                                config.n_bootstrap) if "mixed_same" in keyed and "mixed_rand" in keyed else None)
@@ -162,17 +196,36 @@ def _pct(x: float | None) -> str:
     return "   -  " if x is None else f"{100 * x:5.1f}%"
 
 
+def _flag(small: bool | None) -> str:
+    return "!" if small else " "
+
+
 def format_table(result: dict[str, Any]) -> str:
-    """The terminal summary: one row per variant, then BG-gap and signal groups."""
-    rows = [f"{'variant':<22} {'acc':>7} {'95% CI':>16} {'n':>6}  seen"]
+    """The terminal summary (all in %): per variant accuracy, interval, majority rate, worst group; then BG-gap."""
+    rows = [f"{'variant':<22} {'acc':>6} {'95% CI':>16}  {'n':>6} {'major.':>6} {'worst-grp':>9}  seen  worst group"]
+    small = False
     for v, r in result["variants"].items():
         ci = r["ci95"] or [None, None]
         seen = {True: "yes", False: "no", None: "?"}[r["seen_in_training"]]
-        rows.append(f"{v:<22} {_pct(r['accuracy']):>7} {_pct(ci[0]):>7} - {_pct(ci[1]):<7} {r['n']:>6}  {seen}")
+        g = r.get("groups") or {}
+        wg = g.get("worst_group_accuracy")
+        small |= bool(r.get("too_small")) or bool(g.get("too_small"))
+        rows.append(f"{v:<22} {_pct(r['accuracy']):>6} {_pct(ci[0]):>7}-{_pct(ci[1]):<7}{_flag(r.get('too_small'))} "
+                    f"{r['n']:>6} {_pct(r.get('majority')):>6} {_pct(wg):>8}{_flag(g.get('too_small'))}  "
+                    f"{seen:<4}  {g.get('worst_group') or ''}")
     gap = result.get("bg_gap")
     if gap:
         ci = gap["ci95"] or [None, None]
-        rows.append(f"{'BG-gap (same - rand)':<22} {_pct(gap['value']):>7} {_pct(ci[0]):>7} - {_pct(ci[1]):<7}")
+        small |= bool(gap.get("too_small"))
+        rows.append(f"{'BG-gap (same - rand)':<22} {_pct(gap['value']):>6} {_pct(ci[0]):>7}-{_pct(ci[1]):<7}"
+                    f"{_flag(gap.get('too_small'))}  (0 = no reliance on the background)")
+    classes = result.get("classes") or []
+    if classes:
+        rows.append(f"chance {_pct(1 / len(classes)).strip()} (1/{len(classes)} classes); major. = majority-class "
+                    "rate of that variant's images; worst-grp = lowest accuracy over (class|background) groups "
+                    f"with >= {result.get('group_min_count', '?')} images")
+    if small:
+        rows.append("! = 95% interval wider than 20 points: too few images to conclude from")
     sg = result.get("signal_groups")
     if sg:
         rows.append("signal groups (only_fg x only_bg_t): "

@@ -27,13 +27,12 @@ def build_command(args) -> int:
     import warnings
 
     from bgbias.synth.build import BuildConfig, build, parse_size
-    from bgbias.synth.spurious import DEFAULT_SPURIOUS_FAMILIES
+    from bgbias.synth.spurious import parse_families
 
-    families = tuple(f.strip() for f in args.spurious_families.split(",") if f.strip()) \
-        if args.spurious_families else DEFAULT_SPURIOUS_FAMILIES
     config = BuildConfig(variants=tuple(v.strip() for v in args.variants.split(",") if v.strip()),
                          seed=args.seed, size=parse_size(args.size), spurious=args.spurious,
-                         spurious_families=families, holdout=args.holdout, image_format=args.image_format,
+                         spurious_families=parse_families(args.spurious_families),
+                         spurious_groups=args.spurious_groups, holdout=args.holdout, image_format=args.image_format,
                          mask_threshold=0.5 if args.binary_masks and args.mask_threshold is None else args.mask_threshold)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UserWarning)
@@ -77,10 +76,17 @@ def register(sub) -> None:
                    help="local process pool, or ray (pip install 'bgbias[ray]'); same output bytes")
     p.add_argument("--masks", metavar="DIR", help="folder:DIR only: masks with the same relative paths (.png or .npy)")
     p.add_argument("--spurious", type=float, metavar="RHO",
-                   help="make a spurious training set: class c gets background family c (of --spurious-families) "
-                        "with probability RHO, a random other family otherwise; recorded in the manifest")
+                   help="Waterbirds-style build: in the train split class c sits on background family c (of "
+                        "--spurious-families) with probability RHO, a random other family otherwise; every other "
+                        "split is group-balanced (each class on each family equally often); a build without "
+                        "splits is correlated throughout; recorded per sample in the manifest")
     p.add_argument("--spurious-families", metavar="LIST",
-                   help=f"comma list of background families for --spurious (default: {','.join(DEFAULT_SPURIOUS_FAMILIES)})")
+                   help="comma list of background families for --spurious: colours, textures, or scene-photo "
+                        "folders (e.g. photos:LAND_DIR,photos:WATER_DIR) "
+                        f"(default: {','.join(DEFAULT_SPURIOUS_FAMILIES)})")
+    p.add_argument("--spurious-groups", metavar="GROUPS",
+                   help="tie groups of classes to one family each, groups split by '/' (class names or indices, "
+                        "e.g. 0,1,2,3,4/5,6,7,8,9: group k sits on family k); default: each class its own group")
     p.add_argument("--task", choices=("classification", "detection"), default="classification",
                    help="detection: keep every instance and box, write COCO json per variant (bgbias.detect.build)")
     p.add_argument("--image-format", choices=("png", "jpeg"), default="png",

@@ -8,7 +8,8 @@ def demo_command(args) -> int:
     from bgbias.demo import DemoConfig, run_demo, summary_lines
 
     opts = {"out": args.out, "data": args.data, "seed": args.seed, "device": args.device,
-            "mitigation": args.mitigation, "epochs": args.epochs}
+            "mitigation": args.mitigation, "epochs": args.epochs,
+            "balanced_test": True if args.balanced_test else None}
     cfg = DemoConfig.quick_preset(**opts) if args.quick else DemoConfig(
         **{k: v for k, v in opts.items() if v is not None})
     results = run_demo(cfg, progress=not args.quiet)
@@ -31,6 +32,9 @@ def register(sub) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
     p.add_argument("--mitigation", default=d.mitigation, choices=MITIGATIONS, help="the recipe the baseline is compared with")
     p.add_argument("--epochs", type=int, default=None, help="training epochs per model")
+    p.add_argument("--balanced-test", action="store_true",
+                   help="Waterbirds-style test set: every class on every background family equally often "
+                        "(default: the test set has the training set's correlation)")
     p.add_argument("--quiet", action="store_true", help="no stage messages or progress bars")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     p.set_defaults(func=demo_command)

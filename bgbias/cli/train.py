@@ -46,7 +46,8 @@ def register(sub) -> None:
     from bgbias.train.config import RECIPES
 
     d = TrainConfig()
-    p = sub.add_parser("train", help="train with a mitigation recipe (baseline, bg-augment, mixed-rand, adversarial)",
+    p = sub.add_parser("train", help="train with a mitigation recipe (baseline, bg-augment, mixed-rand, adversarial) or a "
+                            "group-robustness baseline (group_dro, jtt, dfr, reweight, subsample)",
                        description=__doc__)
     p.add_argument("--recipe", required=True, type=registry_type(RECIPES), metavar="NAME",
                    help=f"mitigation recipe: {', '.join(RECIPES.names())} ('-' or '_' alike)")
@@ -96,6 +97,17 @@ def register(sub) -> None:
     p.add_argument("--brightness", type=_limit, default=d.brightness,
                    help="adversarial: L_BA limit on the mean background brightness, or 'none'")
     p.add_argument("--replay", type=int, default=d.replay, help="adversarial: past backgrounds kept for replay")
+    p.add_argument("--dro-eta", type=float, default=d.dro_eta,
+                   help=f"group_dro: step size of the online group weights (default {d.dro_eta})")
+    p.add_argument("--dro-weight-decay", type=float, default=d.dro_weight_decay,
+                   help=f"group_dro: the strong L2 it needs (default {d.dro_weight_decay})")
+    p.add_argument("--jtt-epochs", type=int, default=d.jtt_epochs,
+                   help=f"jtt: epochs of the identification model (default {d.jtt_epochs})")
+    p.add_argument("--jtt-up", type=int, default=d.jtt_up,
+                   help=f"jtt: each training error appears this many times when retraining (default {d.jtt_up})")
+    p.add_argument("--dfr-epochs", type=int, default=d.dfr_epochs,
+                   help=f"dfr: epochs retraining the last layer on the group-balanced held-out rows "
+                        f"(default {d.dfr_epochs})")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     add_run_flags(p)
     p.set_defaults(func=train_command)

@@ -72,6 +72,7 @@ class BuildConfig:
     size: tuple[int, int] | None = None          # (H, W): shorter side resized, then centre crop; None keeps each size
     spurious: float | None = None                # rho of a SpuriousSource wrapper; None = no wrapper
     spurious_families: tuple[str, ...] = DEFAULT_SPURIOUS_FAMILIES
+    spurious_groups: str | None = None           # class groups tied to one family each ("0,1/2,3"); None = per class
     chunk_size: int = 64
     png_compression: int = 1
     holdout: float | None = None                 # fraction of each class to 'val' where the source has no split
@@ -211,7 +212,12 @@ def build(source: Source | str, out: str | os.PathLike, config: BuildConfig = Bu
     check_executor(executor)
     source = create_source(source) if isinstance(source, str) else source
     if config.spurious is not None:
-        source = SpuriousSource(source, config.spurious, config.spurious_families, config.seed)
+        # train at rho, val group-balanced, when there is a split (the source's own, or --holdout);
+        # a build without one is a correlated set throughout
+        real = config.holdout or source.splits() is not None
+        source = SpuriousSource(source, config.spurious, config.spurious_families, config.seed,
+                                class_groups=config.spurious_groups,
+                                splits=assign_splits(source, config.holdout, config.seed) if real else None)
     variants = resolve_variants(config.variants)
     out = Path(out)
     classes, ids, labels = list(source.classes), source.ids(), source.labels()

@@ -7,7 +7,7 @@ from bgbias.core.registry import Registry
 from bgbias.models.nets import ARCHS, NORMS
 
 # Recipes register themselves in bgbias.train.recipes (imported on first use).
-RECIPES: Registry = Registry("recipe", plugins=("bgbias.train.recipes",))
+RECIPES: Registry = Registry("recipe", plugins=("bgbias.train.recipes", "bgbias.train.group_recipes"))
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 
@@ -49,6 +49,12 @@ class TrainConfig:
     adv_bank: float = 0.5                        # adversarial: share of backgrounds drawn from --families' bank
     gen_every: int = 2                           # adversarial: generator step every N batches
     resume: bool = False                         # continue from OUT/last.pt (config must match)
+    # group-robustness baselines (bgbias.train.group_recipes); group labels come from the build's manifest
+    dro_eta: float = 0.01                        # group_dro: step size of the online group weights q
+    dro_weight_decay: float = 0.1                # group_dro: the strong L2 the paper needs (plus early stopping)
+    jtt_epochs: int = 1                          # jtt: epochs of the identification model
+    jtt_up: int = 6                              # jtt: lambda_up, each error appears this many times
+    dfr_epochs: int = 10                         # dfr: epochs retraining the last layer on the balanced held-out rows
 
     def validate(self) -> "TrainConfig":
         if self.recipe not in RECIPES:
@@ -75,6 +81,11 @@ class TrainConfig:
         if not 0.0 <= self.clean_fraction <= 1.0 or self.replay < 0:
             raise ValueError(f"--clean-fraction must be in [0, 1] and --replay >= 0, got {self.clean_fraction} "
                              f"and {self.replay}.")
+        if self.dro_eta < 0 or self.dro_weight_decay < 0 or self.jtt_epochs < 1 or self.jtt_up < 1 \
+                or self.dfr_epochs < 1:
+            raise ValueError(f"--dro-eta and --dro-weight-decay must be >= 0, --jtt-epochs, --jtt-up and --dfr-epochs "
+                             f">= 1; got {self.dro_eta}, {self.dro_weight_decay}, {self.jtt_epochs}, {self.jtt_up}, "
+                             f"{self.dfr_epochs}.")
         if not 0.0 <= self.adv_bank <= 1.0 or self.gen_every < 1:
             raise ValueError(f"--adv-bank must be in [0, 1] and --gen-every >= 1, got {self.adv_bank} and "
                              f"{self.gen_every}.")

@@ -14,7 +14,8 @@ from bgbias.core.sample import BadSample, Sample
 # ---------------------------------------------------------------------------------------------- data
 @dataclass
 class TrainData:
-    """A labelled dataset in memory: uint8 images ``[N,3,H,W]``, uint8 masks ``[N,H,W]`` (255 = fg) or None."""
+    """A labelled dataset in memory: uint8 images ``[N,3,H,W]``, uint8 masks ``[N,H,W]`` (255 = fg) or None,
+    and each sample's group (class, background) when the build records backgrounds (group recipes need them)."""
 
     images: torch.Tensor
     masks: torch.Tensor | None
@@ -22,12 +23,18 @@ class TrainData:
     ids: list[str]
     classes: list[str]
     skipped: list[dict]
+    groups: list[str] | None = None   # "<class>|<background>" per sample (spurious / mixed builds); None = unknown
 
-    def subset(self, rows: torch.Tensor | list[int]) -> "TrainData":
-        """The rows ``rows`` (a train or validation part), same classes; ``skipped`` stays with the whole."""
+    def take(self, rows: torch.Tensor | list[int]) -> "TrainData":
+        """The rows ``rows`` (e.g. a held-out part), same classes, groups kept; ``skipped`` stays with the whole."""
         rows = torch.as_tensor(rows, dtype=torch.long)
         return TrainData(self.images[rows], None if self.masks is None else self.masks[rows], self.labels[rows],
-                         [self.ids[int(r)] for r in rows], self.classes, self.skipped)
+                         [self.ids[int(r)] for r in rows], self.classes, self.skipped,
+                         None if self.groups is None else [self.groups[int(r)] for r in rows])
+
+    def subset(self, rows: torch.Tensor | list[int]) -> "TrainData":
+        """The rows ``rows`` (a train or validation part), same classes and groups; ``skipped`` stays with the whole."""
+        return self.take(rows)
 
     def samples(self, rows: list[int]) -> list[Sample]:
         """``Sample`` objects for fitting backgrounds (``mean``)."""
@@ -60,6 +67,7 @@ def load_data(data: str, variant: str = "original", size: tuple[int, int] | None
     """Read a source spec (``digits``, ``mnist:DIR``, ...) or a build dir's ``variant`` (in ``split``, or every
     split when None) into memory."""
     images, masks, labels, ids, skipped = [], [], [], [], []
+    groups_by_id: dict[str, str] | None = None
 
     def add(image: np.ndarray, mask: np.ndarray | None, label: int, sid: str) -> None:
         image, mask = _resize(image, mask, size)
@@ -72,8 +80,10 @@ def load_data(data: str, variant: str = "original", size: tuple[int, int] | None
         ids.append(sid)
 
     if is_build_dir(data):
+        from bgbias.audit.groups import read_manifest, training_groups
         from bgbias.core.layout import find_mask, list_classes, list_items
 
+        groups_by_id = training_groups(read_manifest(data), variant)
         classes = list_classes(data, variant)
         for item in list_items(data, variant, split):
             try:
@@ -99,7 +109,8 @@ def load_data(data: str, variant: str = "original", size: tuple[int, int] | None
     msk = None
     if all(m is not None for m in masks):
         msk = torch.from_numpy(np.rint(np.stack(masks) * 255.0).astype(np.uint8))
-    return TrainData(img, msk, torch.tensor(labels, dtype=torch.long), ids, classes, skipped)
+    groups = [groups_by_id[i] for i in ids] if groups_by_id and all(i in groups_by_id for i in ids) else None
+    return TrainData(img, msk, torch.tensor(labels, dtype=torch.long), ids, classes, skipped, groups)
 
 
 def load_train_val(data: str, variant: str, size: tuple[int, int] | None, val_fraction: float,

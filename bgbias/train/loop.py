@@ -22,10 +22,12 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bgbias.audit.groups import group_accuracy, group_counts
 from bgbias.core.io import write_json
 from bgbias.core.record import build_record
 from bgbias.core.seeding import derive_seed, torch_generator
@@ -34,7 +36,7 @@ from bgbias.models.nets import ARCHS, create_arch
 from bgbias.models.load import IMAGENET_MEAN, IMAGENET_STD
 from bgbias.train.config import OPTIMIZERS, SCHEDULES, TrainConfig
 from bgbias.train.data import TrainData, is_build_dir, load_data, load_train_val, split_rows
-from bgbias.train.recipes import RECIPES, Augment, Recipe
+from bgbias.train.recipes import RECIPES, Augment, PhaseHooks, Recipe
 
 # the config, data and recipe names are re-exported: callers import them from here
 __all__ = ["OPTIMIZERS", "SCHEDULES", "RECIPES", "Augment", "Recipe", "TrainConfig", "TrainData", "load_data",
@@ -136,15 +138,42 @@ def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, norm:
     return correct / max(len(labels), 1)
 
 
+def val_scores(model: nn.Module, val: TrainData, norm: Callable, device: torch.device,
+               batch_size: int = 256) -> dict[str, float]:
+    """``val_accuracy`` and, when the data has groups, ``val_worst_group_accuracy`` (over every group present:
+    what early stopping selects on)."""
+    model.eval()
+    preds = []
+    with torch.no_grad():
+        for i in range(0, len(val.labels), batch_size):
+            x = val.images[i:i + batch_size].to(device).float() / 255.0
+            preds.append(model(norm(x)).argmax(1).cpu())
+    correct = (torch.cat(preds) == val.labels).numpy() if preds else np.zeros(0, bool)
+    out = {"val_accuracy": float(correct.mean()) if len(correct) else 0.0}
+    if val.groups and len(correct):
+        out["val_worst_group_accuracy"] = group_accuracy(val.groups, correct, min_count=1)["worst_group_accuracy"]
+    return out
+
+
 # ----------------------------------------------------------------------------------------------- loop
 def run_epoch(model, opt, sched, data: TrainData, rows: torch.Tensor, cfg: TrainConfig, phase: str, epoch: int,
               augment: Augment | None, norm: Callable, device: torch.device, progress: bool,
-              batch_size: int | None = None, passes: int = 1) -> dict[str, float]:
+              batch_size: int | None = None, passes: int = 1, hooks: PhaseHooks | None = None) -> dict[str, float]:
     """``passes`` passes over ``rows``, each in a seeded order; returns mean loss and train accuracy (on augmented
-    inputs)."""
+    inputs).
+
+    ``hooks`` (group recipes): its ``loss`` replaces the mean cross-entropy, ``train_mode`` runs after
+    ``model.train()``."""
     from tqdm.auto import tqdm
 
-    model.train()
+    hooks = hooks or PhaseHooks()
+
+    def train_mode() -> None:
+        model.train()
+        if hooks.train_mode is not None:
+            hooks.train_mode(model)
+
+    train_mode()
     bs = batch_size or cfg.batch_size
     batches = []
     for k in range(passes):
@@ -159,9 +188,9 @@ def run_epoch(model, opt, sched, data: TrainData, rows: torch.Tensor, cfg: Train
         if augment is not None:
             m = None if data.masks is None else data.masks[idx].to(device).unsqueeze(1).float() / 255.0
             x = augment(x, m, y, torch_generator(cfg.seed, "augment", phase, epoch, step), model)
-            model.train()
+            train_mode()
         logits = model(norm(x))
-        loss = F.cross_entropy(logits, y)
+        loss = F.cross_entropy(logits, y) if hooks.loss is None else hooks.loss(logits, y, idx)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -215,6 +244,8 @@ def _train(cfg: TrainConfig, progress: bool, stop_after: int | None, data: Train
     meta = {"arch": cfg.arch, "arch_kwargs": arch_kwargs(cfg), "classes": data.classes, "preprocess": preprocess,
             "recipe": cfg.recipe, "seed": cfg.seed, "config": config, "families_seen": recipe.seen(cfg),
             "epoch": 0, "train_data": str(cfg.data), "train_ids": list(data.ids)}
+    if data.groups:   # the training set's group shares: eval weights group accuracies by them
+        meta["group_counts"] = group_counts(data.groups)
 
     # resume: weights, history, and where we were (phase index, epoch within phase)
     history: list[dict] = []
@@ -233,34 +264,60 @@ def _train(cfg: TrainConfig, progress: bool, stop_after: int | None, data: Train
         history = list(extra.get("history", []))
         start_phase, start_epoch = int(extra["phase_index"]), int(extra["phase_epoch"])
 
-    ctx: dict[str, Any] = {"norm": norm, "device": device, "train_rows": train_rows, "extra": extra,
-                           "progress": progress}
+    ctx: dict[str, Any] = {"norm": norm, "device": device, "train_rows": train_rows, "val": val,
+                           "extra": extra, "progress": progress,
+                           "init_state": lambda: build_model(cfg, len(data.classes)).state_dict()}
+    phase_info: dict[str, dict] = dict(extra.get("phase_info", {}))
     done_now, plans = 0, {}
     for pi, (phase, epochs) in enumerate(recipe.phases(cfg)):
         bs, passes = plans[phase] = step_plan(len(train_rows), cfg.batch_size, epochs, cfg.min_steps)
         if pi < start_phase:
             continue
-        augment = recipe.augment(phase, cfg, data, model, ctx)
-        opt, sched = make_optimizer(cfg, model, epochs * passes * math.ceil(len(train_rows) / bs))
         first = start_epoch if pi == start_phase else 0
+        saved = extra.get("hooks") if first else None
+        ctx["phase_state"] = saved
+        augment = recipe.augment(phase, cfg, data, model, ctx)
+        hooks = recipe.hooks(phase, cfg, data, model, ctx) or PhaseHooks()
+        rows = train_rows if hooks.rows is None else hooks.rows
+        phase_data = data if hooks.data is None else hooks.data
+        best = None
+        if saved is not None:
+            if hasattr(hooks.loss, "load_state_dict") and "loss" in saved:
+                hooks.loss.load_state_dict(saved["loss"])
+            best = saved.get("best")
+        if hooks.info:
+            phase_info[phase] = dict(hooks.info)
+        bs, passes = plans[phase] = step_plan(len(rows), cfg.batch_size, epochs, cfg.min_steps)
+        opt, sched = make_optimizer(dataclasses.replace(cfg, **hooks.optim), model,
+                                    epochs * passes * math.ceil(len(rows) / bs))
         if first and "optimizer" in extra:
             opt.load_state_dict(extra["optimizer"])
             sched.load_state_dict(extra["scheduler"])
         for epoch in range(first, epochs):
-            stats = run_epoch(model, opt, sched, data, train_rows, cfg, phase, epoch, augment, norm, device, progress,
-                              bs, passes)
+            stats = run_epoch(model, opt, sched, phase_data, rows, cfg, phase, epoch, augment, norm, device,
+                              progress, bs, passes, hooks)
             row = {"epoch": len(history) + 1, "phase": phase, **stats}
             if n_val:
-                row["val_accuracy"] = accuracy(model, val.images, val.labels, norm, device)
+                row.update(val_scores(model, val, norm, device))
             history.append(row)
             if progress:
                 print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
-            state = {"phase_index": pi, "phase_epoch": epoch + 1, "history": history,
-                     "optimizer": opt.state_dict(), "scheduler": sched.state_dict()}
+            if hooks.keep_best and n_val:   # early stopping: the best validation worst-group (else overall) epoch
+                score = [row.get("val_worst_group_accuracy", row["val_accuracy"]), row["val_accuracy"]]  # ties: overall
+                if best is None or score > best["score"]:
+                    best = {"score": score, "epoch": row["epoch"],
+                            "state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
+            state = {"phase_index": pi, "phase_epoch": epoch + 1, "history": history, "phase_info": phase_info,
+                     "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                     "hooks": {"rows": rows, "info": hooks.info, "best": best,
+                               **({"loss": hooks.loss.state_dict()} if hasattr(hooks.loss, "state_dict") else {})}}
             if hasattr(augment, "state_dict"):
                 state["augment"] = augment.state_dict()
             if epoch + 1 == epochs:  # next phase starts fresh
-                state = {"phase_index": pi + 1, "phase_epoch": 0, "history": history,
+                if best is not None:
+                    model.load_state_dict(best["state"])
+                    phase_info.setdefault(phase, {})["best_epoch"] = best["epoch"]
+                state = {"phase_index": pi + 1, "phase_epoch": 0, "history": history, "phase_info": phase_info,
                          **({"augment": state["augment"]} if "augment" in state else {})}
             save_checkpoint(last, model.state_dict(), {**meta, "epoch": len(history)}, state)
             done_now += 1
@@ -271,7 +328,7 @@ def _train(cfg: TrainConfig, progress: bool, stop_after: int | None, data: Train
     final = {"train_accuracy": history[-1]["train_accuracy"] if history else None}
     reference = None
     if n_val:
-        final["val_accuracy"] = history[-1]["val_accuracy"]
+        final.update(val_scores(model, val, norm, device))
         reference = reference_rates(val.labels, data.classes)
         if final["val_accuracy"] <= reference["majority_rate"] + 1e-12:
             warnings.warn(
@@ -285,6 +342,10 @@ def _train(cfg: TrainConfig, progress: bool, stop_after: int | None, data: Train
                "n_train": len(train_rows), "n_val": n_val, "data_splits": origin, "reference": reference,
                "steps": {ph: {"batch_size": b, "passes_per_epoch": k} for ph, (b, k) in plans.items()},
                "pretrained": model.pretrained_report, "skipped": data.skipped}
+    if phase_info:
+        metrics["phases"] = phase_info
+    if data.groups:
+        metrics["group_counts"] = meta["group_counts"]
     save_checkpoint(out / "model.pt", model.state_dict(), {**meta, "epoch": len(history)})
     metrics["record"] = build_record([cfg.pretrained] if cfg.pretrained else [], model, device, cfg.seed, cfg.data,
                                      preprocess)

@@ -13,7 +13,7 @@ so that the loop can augment whole batches on the device.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
 import torch
@@ -35,14 +35,37 @@ class Augment(Protocol):
 
 
 @dataclass
+class PhaseHooks:
+    """What a phase changes in the shared loop (group recipes): which rows (of which data) it trains on (repeats upweight),
+    the loss, which modules train, optimiser settings, and whether the best validation epoch is kept.
+
+    ``loss(logits, y, rows) -> scalar`` may keep state (``state_dict``/``load_state_dict``, saved for
+    ``--resume``); ``train_mode(model)`` runs after ``model.train()`` (e.g. keep a frozen backbone in eval);
+    ``optim``: :class:`TrainConfig` fields overridden for this phase's optimiser (e.g. ``weight_decay``);
+    ``keep_best``: restore the weights of the epoch with the best validation worst-group accuracy
+    (validation accuracy without groups) at the phase's end: early stopping. ``info`` goes into metrics.
+    """
+
+    rows: torch.Tensor | None = None
+    data: TrainData | None = None          # train on these rows of this data instead (dfr: the held-out part)
+    loss: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+    train_mode: Callable[[nn.Module], None] | None = None
+    optim: dict[str, Any] = field(default_factory=dict)
+    keep_best: bool = False
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
 class Recipe:
-    """What a recipe changes: the build-dir variant it reads, its phases, each phase's augmentation, and
-    the background families it shows (variant-style names; ``bgbias eval`` marks matching variants as seen)."""
+    """What a recipe changes: the build-dir variant it reads, its phases, each phase's augmentation and loop
+    hooks, and the background families it shows (variant-style names; ``bgbias eval`` marks matching
+    variants as seen). ``hooks`` is called once at each phase's start (after ``augment``)."""
 
     variant: str = "original"
     phases: Callable[[TrainConfig], list[tuple[str, int]]] = lambda cfg: [("main", cfg.epochs)]
     augment: Callable[..., Augment | None] = lambda phase, cfg, data, model, ctx: None
     seen: Callable[[TrainConfig], list[str]] = lambda cfg: []
+    hooks: Callable[..., PhaseHooks | None] = lambda phase, cfg, data, model, ctx: None
 
 
 
