@@ -43,7 +43,7 @@ def register(sub) -> None:
                    help="search a seeded random subset of K backgrounds (an estimate, marked exhaustive: false)")
     p.add_argument("--top-k", type=int, default=None, help="top fooling backgrounds reported per class (default 5)")
     p.add_argument("--fool-subset", type=int, default=None,
-                   help="foregrounds in the fixed subset the fool rates are measured on (default 200)")
+                   help="foregrounds in the fixed subset the fool rates are measured on (default min(200, max(50, N/4)))")
     p.add_argument("--active", type=int, default=None, help="foregrounds searched at once (default 128)")
     p.add_argument("--state", default=None, help="resume file (default: OUT.state); deleted when the run completes")
     p.set_defaults(func=challenge_command)
