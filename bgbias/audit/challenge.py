@@ -69,6 +69,7 @@ from bgbias.audit.core import (
     foreground_items,
     open_audit,
 )
+from bgbias.core.executors import check_executor
 from bgbias.core.layout import list_items
 from bgbias.core.seeding import numpy_rng
 from bgbias.models.load import LoadedModel
@@ -141,6 +142,9 @@ def prepare(cfg: ChallengeConfig, loaded: LoadedModel | None = None, pool_raw=No
                     ("save_every", cfg.save_every)):
         if v < 1:
             raise ValueError(f"{name} must be >= 1, got {v}.")
+    check_executor(cfg.executor)
+    if cfg.shards < 1:
+        raise ValueError(f"shards must be >= 1, got {cfg.shards}.")
     audit = open_audit(cfg, loaded)
     fg_items, masks = foreground_items(data)
     bg_items = pool_items(cfg)
@@ -221,7 +225,7 @@ def run_challenge(cfg: ChallengeConfig, out: str | os.PathLike | None = None, lo
     st = prepare(cfg, loaded)
     n_bg = len(st.pool)
     state_path = state_file(cfg.state, out)
-    if cfg.shards > 1:
+    if cfg.shards > 1 or cfg.executor != "local" or len(cfg.devices or ()) > 1:
         from bgbias.audit.challenge_shards import run_shards
 
         s = run_shards(cfg, st, state_path, loaded)

@@ -55,6 +55,7 @@ class Pool:
         self.audit = audit
         if raw is None:
             raw = read_pool(paths, batch_size, workers, progress)
+        self.decoded = raw                                        # kept for shard workers (sent once each)
         self.raw, self.bad, keep = list(raw[0]), list(raw[1]), list(raw[2])
         order = np.argsort(keep, kind="stable")
         self.index = np.asarray(keep, dtype=np.int64)[order]     # pool row -> position in `paths`
