@@ -151,6 +151,33 @@ def bench_model(root: Path, net: torch.nn.Module, args) -> dict:
             "bgbias_s": statistics.median(runs["bgbias"]), "pure": pure_rate(net, args.batch)}
 
 
+@torch.no_grad()
+def resnet50_rate(batch: int = 8, n_batches: int = 2) -> float:
+    """Images/s of an untrained torchvision ResNet-50 at 224x224 on this machine (no download)."""
+    import torchvision
+
+    net = torchvision.models.resnet50(weights=None).eval()
+    x = torch.rand(batch, 3, 224, 224, generator=torch_generator(0, "bench-r50"))
+    net(x)
+    t = time.perf_counter()
+    for _ in range(n_batches):
+        net(x)
+    return batch * n_batches / (time.perf_counter() - t)
+
+
+def project_in9(rows: list, rate: float, n: int = 4050) -> None:
+    """IN-9-sized run (n foregrounds x n backgrounds): lower bound from each model's fooled share, forwards from
+    its measured ratio to the bound, time from the measured ResNet-50 rate (search forwards dominate)."""
+    print(f"projection, IN-9 size ({n} x {n}, 224x224, ResNet-50 at {rate:.1f} img/s measured here):")
+    for rho, row in rows:
+        r = row["r"]
+        fooled = 1 - r["challenge_accuracy"]
+        lb = fooled * n + (1 - fooled) * n * n
+        fw = lb * r["forwards"] / r["lower_bound_forwards"]
+        print(f"  like rho {rho:.2f} ({100 * fooled:.0f}% fooled): lower bound {lb:,.0f}, projected {fw:,.0f} forwards "
+              f"(+{n} clean), {fw / rate / 3600:,.1f} h here; exhaustive {n * n:,} = {n * n / rate / 3600:,.1f} h")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--per-class", type=int, default=20)
@@ -160,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--no-projection", action="store_true")
     ap.add_argument("--rhos", default="0.95,0.8,0.7", help="train-time background/class correlation per model")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -188,6 +216,8 @@ def main(argv: list[str] | None = None) -> int:
     print("x LB: forwards over the exact lower bound (fooled + robust x pool); analysis: top-fooling forwards, "
           "bound = sum_c min(top_candidates, n_bg_c) x fooled subset foregrounds of other classes; img/s: all "
           "bgbias forwards (search + clean + analysis) over its wall time; pure: the model alone, same batch")
+    if not args.no_projection:
+        project_in9(rows, resnet50_rate())
     return 0
 
 
