@@ -51,7 +51,8 @@ def test_stages_end_to_end_and_mask_beats_chance(digits, tmp_path):
     metrics = train(cfg, progress=False, data=digits)
     assert torch.equal(digits.masks, true), "train() must not change the caller's data"
     phases = [h["phase"] for h in metrics["history"]]
-    assert phases == ["clean"] * 3 + ["adversarial"] and metrics["families_seen"] == ["adversarial"]
+    assert phases == ["clean"] * 3 + ["adversarial"] and metrics["families_seen"][0] == "adversarial"
+    assert "texture:stripes" in metrics["families_seen"], "the bank mixed in (--adv-bank) counts as seen"
     assert metrics["history"][-1]["train_accuracy"] > 0.5
     extra = torch.load(tmp_path / "adv" / "last.pt", weights_only=True)["extra"]["augment"]
     learned = extra["masks"]                                         # uint8 [N, H, W], the binarised f_m output
@@ -93,3 +94,27 @@ def test_true_masks_and_generator_step_raises_the_loss(digits):
     assert loss_now() > before
     fg = (m == 1).expand_as(x)
     assert torch.equal(out[fg], x[fg]) and aug.filled == 64
+
+
+def test_bank_share_and_generator_cadence(digits):
+    """--adv-bank: that share of rows gets bank backgrounds; --gen-every N: one generator step per N batches."""
+    x = digits.images[:128].float() / 255
+    m = (digits.masks[:128].float().unsqueeze(1) / 255 > 0.5).float()
+    y = digits.labels[:128]
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 16 * 16, 10))
+    steps = {}
+    for every in (1, 3):
+        cfg = TrainConfig(recipe="adversarial", true_masks=True, replay=0, gen_every=every, adv_bank=1.0,
+                          clean_fraction=0.0, families=("color:red",))
+        aug = AdversarialBackgrounds(cfg, (16, 16), lambda t: t, torch.device("cpu"))
+        calls = []
+        aug._generator_step = lambda *a, _c=calls: _c.append(1)
+        for step in range(6):
+            out = aug(x, m, y, torch.Generator().manual_seed(step), model)
+        steps[every] = len(calls)
+        bg = (m == 0).expand_as(x)
+        red = torch.tensor([1.0, 0.0, 0.0]).view(1, 3, 1, 1).expand_as(x)
+        assert torch.equal(out[bg], red[bg]), "adv_bank=1 puts every row on the bank (here: red)"
+    assert steps == {1: 6, 3: 2}
+    with pytest.raises(ValueError, match="adv-bank"):
+        TrainConfig(adv_bank=1.5).validate()

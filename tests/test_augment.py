@@ -161,7 +161,8 @@ def test_p_zero_is_identity_and_bad_input_fails():
 
 
 def test_family_parsing_and_seen():
-    assert parse_families("color,mean") == {"color": 0.5, "mean": 0.5}
-    assert parse_families({"color": 3, "texture": 1}) == {"color": 0.75, "texture": 0.25}
+    assert parse_families("color,mean") == {"color:random": 0.5, "mean": 0.5}   # one vocabulary: color = color:random
+    fams = parse_families({"color": 3, "texture": 1})
+    assert fams["color:random"] == pytest.approx(0.75) and fams["texture:clock:*"] == pytest.approx(0.25 / 6)
     seen = families_seen(["color", "texture", "other_sample"])
     assert seen[0] == "color" and "texture:clock" in seen and seen[-1] == "mixed_rand"

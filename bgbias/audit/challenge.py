@@ -34,13 +34,14 @@ backgrounds per class are exact on one fixed, seeded subset of foregrounds
 (``fool_subset``), reusing every prediction the search made on them
 (:mod:`bgbias.audit.challenge_top`).
 Progress is saved atomically to ``STATE`` (default ``OUT.state``) every
-``save_every`` foregrounds or ``save_seconds``; rerunning the same command
+``save_every`` foregrounds or ``save_seconds``, and on SIGTERM/SIGINT; rerunning the same command
 resumes and gives the identical result; the file is removed when done
 (the state and its checks live in :mod:`bgbias.audit.challenge_state`).
 """
 from __future__ import annotations
 
 import os
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -53,6 +54,7 @@ from tqdm import tqdm
 
 from bgbias.audit.challenge_search import Pool, Search, lower_bound, prep_fg
 from bgbias.audit.challenge_state import (
+    StopSignals,
     FOOLED,
     SKIPPED,
     UNKNOWN,
@@ -67,10 +69,13 @@ from bgbias.audit.core import (
     AuditConfig,
     ForegroundFiles,
     foreground_items,
+    overlap_with_training,
     open_audit,
 )
+from bgbias.audit.mask_check import check_masks
 from bgbias.core.executors import check_executor
 from bgbias.core.layout import list_items
+from bgbias.core.record import build_record
 from bgbias.core.seeding import numpy_rng
 from bgbias.models.load import LoadedModel
 
@@ -130,6 +135,7 @@ class Setup:
     skipped: list
     fp: str
     sub: np.ndarray
+    mask_check: dict
 
     def dataset(self) -> ForegroundFiles:
         return ForegroundFiles(self.fg_items, self.masks)
@@ -146,9 +152,12 @@ def prepare(cfg: ChallengeConfig, loaded: LoadedModel | None = None, pool_raw=No
     if cfg.shards < 1:
         raise ValueError(f"shards must be >= 1, got {cfg.shards}.")
     audit = open_audit(cfg, loaded)
-    fg_items, masks = foreground_items(data)
+    fg_items, masks = foreground_items(data, cfg.split)
+    mask_check = check_masks(masks)
+    if mask_check["warning"]:
+        print(f"warning: {mask_check['warning']}", file=sys.stderr)
     bg_items = pool_items(cfg)
-    exhaustive = cfg.max_backgrounds is None or cfg.max_backgrounds >= len(list_items(data, "only_bg_t"))
+    exhaustive = cfg.max_backgrounds is None or cfg.max_backgrounds >= len(list_items(data, "only_bg_t", cfg.split))
     if not fg_items or not bg_items:
         raise ValueError(f"{data} has no foregrounds (original + fg_mask) or no only_bg_t backgrounds.")
     pool = Pool(audit, [it.path for it in bg_items], cfg.batch_size, cfg.workers, cfg.pool_bytes, cfg.progress,
@@ -162,14 +171,14 @@ def prepare(cfg: ChallengeConfig, loaded: LoadedModel | None = None, pool_raw=No
     k = cfg.fool_subset if cfg.fool_subset is not None else min(200, max(50, n_fg // 4))
     sub = np.sort(numpy_rng(cfg.seed, "fool_subset").choice(n_fg, size=min(k, n_fg), replace=False)) \
         if cfg.top_k > 0 else np.zeros(0, np.int64)
-    return Setup(audit, fg_items, masks, pool, bg_ids, bg_labels, fg_labels, exhaustive, skipped, fp, sub)
+    return Setup(audit, fg_items, masks, pool, bg_ids, bg_labels, fg_labels, exhaustive, skipped, fp, sub, mask_check)
 
 
 def pool_items(cfg: ChallengeConfig) -> list:
     """The only_bg_t pool (a seeded subset of it with ``max_backgrounds``)."""
     data = Path(cfg.data)
     try:
-        bg_items = list_items(data, "only_bg_t")
+        bg_items = list_items(data, "only_bg_t", cfg.split)
     except ValueError:
         raise ValueError(f"The challenge needs the only_bg_t variant as its background pool; {data} has none.") \
             from None
@@ -195,8 +204,12 @@ def search(cfg: ChallengeConfig, st: Setup, queue: np.ndarray, state_path: Path 
     n_q = len(s["queue"])
     since, saved_at = 0, time.time()
     with tqdm(total=n_q, initial=int((s["verdict"][s["queue"]] != UNKNOWN).sum()), desc="challenge", unit="fg",
-              disable=not cfg.progress) as bar:
+              disable=not cfg.progress) as bar, StopSignals() as stop:
         while s["active"] or s["next_fg"] < n_q:
+            if stop.signal is not None:   # SIGTERM/SIGINT: save between rounds (a consistent state), then stop
+                if state_path:
+                    save_state(state_path, s)
+                raise KeyboardInterrupt(f"{stop.signal} received; progress saved to {state_path}")
             before = int((s["verdict"] == SKIPPED).sum())
             srch.fill(it, s["skipped"], paths)
             done = int((s["verdict"] == SKIPPED).sum()) - before
@@ -265,6 +278,11 @@ def run_challenge(cfg: ChallengeConfig, out: str | os.PathLike | None = None, lo
         "analysis_forwards": int(analysis_forwards), "analysis_forwards_bound": int(analysis_bound),
         "exhaustive_forwards": n * n_bg, "lower_bound_forwards": lower_bound(v, n_bg),
         "amp": amp, "seconds": round(time.time() - t0, 3), "skipped": st.skipped + list(s["skipped"]),
+        "split": cfg.split,
+        "overlap_with_training": overlap_with_training(audit, [it.id for it in fg_items], cfg.split),
+        "masks": st.mask_check,
+        "record": build_record(audit.model.files, audit.model.module, audit.device, cfg.seed, data,
+                               audit.preprocess.to_dict()),
     }
     if state_path and state_path.is_file():
         state_path.unlink()

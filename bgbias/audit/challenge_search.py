@@ -107,9 +107,8 @@ def read_pool(paths: list, batch_size: int, workers: int, progress: bool):
 def prep_fg(audit: Audit, img: torch.Tensor, mask: torch.Tensor, shape) -> tuple[torch.Tensor, torch.Tensor]:
     x = audit.preprocess(img[None].to(audit.device))[0]
     m = mask[None, None].to(audit.device, torch.float32)
-    if tuple(m.shape[-2:]) != tuple(x.shape[-2:]):
-        m = torch.nn.functional.interpolate(m, size=tuple(x.shape[-2:]), mode="bilinear", align_corners=False,
-                                            antialias=True).clamp_(0, 1)
+    if tuple(m.shape[-2:]) != tuple(x.shape[-2:]):      # the image's own geometry (resize, centre crop)
+        m = audit.preprocess.resize(m, "bilinear").clamp_(0, 1)
     if tuple(x.shape[-2:]) != tuple(shape):
         raise ValueError(f"A foreground is {x.shape[-1]}x{x.shape[-2]} but the backgrounds are {shape[1]}x{shape[0]}; "
                          "pass --size H W so both are resized to the model input.")

@@ -14,6 +14,8 @@ import hashlib
 import io
 import json
 import os
+import signal
+import threading
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -100,3 +102,32 @@ def start_state(path: Path | None, fp: str, n_fg: int, n_classes: int, n_bg: int
     s["skipped"] = list(s["skipped"])
     s["active"] = [int(a) for a in s["active"]]
     return s
+
+
+class StopSignals:
+    """While active, SIGTERM and SIGINT only set ``signal`` (the search loop saves its state and stops);
+    a second signal acts as before. Main thread only (signal handlers cannot be set elsewhere)."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.signal: str | None = None
+        self._old: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signal is not None:
+            old = self._old.get(signum)
+            if callable(old):
+                old(signum, frame)
+            raise KeyboardInterrupt
+        self.signal = signal.Signals(signum).name
+
+    def __enter__(self) -> "StopSignals":
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)

@@ -9,7 +9,9 @@ from ._model_options import add_model_arguments, model_kwargs, split_list
 
 def challenge_command(args: argparse.Namespace) -> int:
     from bgbias.audit.challenge import ChallengeConfig, run_challenge
-    from bgbias.core.io import write_json
+    from bgbias.core.io import check_writable, write_json
+
+    check_writable(args.out)   # before the compute, not after it
 
     kw = {k: v for k, v in dict(max_backgrounds=args.max_backgrounds, top_k=args.top_k, fool_subset=args.fool_subset,
                                 state=args.state, active=args.active, shards=args.shards,
@@ -43,7 +45,7 @@ def format_summary(r: dict[str, Any]) -> str:
 def register(sub) -> None:
     p = sub.add_parser("challenge", help="backgrounds challenge: is each foreground fooled by any only_bg_t background?")
     add_model_arguments(p)
-    p.add_argument("--out", default="challenge.json")
+    p.add_argument("--out", default="challenge.json", help="result JSON to write")
     p.add_argument("--max-backgrounds", type=int, default=None,
                    help="search a seeded random subset of K backgrounds (an estimate, marked exhaustive: false)")
     p.add_argument("--top-k", type=int, default=None, help="top fooling backgrounds reported per class (default 5)")
@@ -58,5 +60,7 @@ def register(sub) -> None:
                    help="comma-separated devices, one shard worker each (e.g. cuda:0,cuda:1); default --device")
     p.add_argument("--amp", action="store_true",
                    help="mixed precision on GPU; fooling pairs re-checked in fp32, disagreements counted in 'amp'")
-    p.add_argument("--state", default=None, help="resume file (default: OUT.state); deleted when the run completes")
+    p.add_argument("--state", default=None,
+                   help="resume file (default: OUT.state), saved every 60 s or 256 foregrounds and on "
+                        "SIGTERM/SIGINT (Ctrl-C); rerun the same command to resume; deleted when the run completes")
     p.set_defaults(func=challenge_command)

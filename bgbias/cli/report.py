@@ -3,7 +3,10 @@ from __future__ import annotations
 
 
 def report_command(args) -> int:
+    from bgbias.core.io import check_writable
     from bgbias.report.write import write_report
+
+    check_writable(args.out)   # before the figures, not after them
 
     names = [n.strip() for n in args.names.split(",")] if args.names else None
     results = write_report(args.inputs, args.out, results_path=args.results, figures_dir=args.figures,

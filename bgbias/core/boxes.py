@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import textwrap
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,17 @@ class VocAnnotation:
     objects: tuple[VocObject, ...]
 
 
+MAX_COORD = 1e7   # pixels; a VOC size or box coordinate beyond this (or inf, NaN, 1e400) is malformed
+
+
+def _number(text: str | None, what: str) -> float:
+    """A finite XML number within +-MAX_COORD (``float('1e400')`` is inf, which ``int`` cannot take)."""
+    v = float(text)  # type: ignore[arg-type]
+    if not math.isfinite(v) or abs(v) > MAX_COORD:
+        raise ValueError(f"{what} {text.strip()!r} is not a finite pixel value within {MAX_COORD:.0e}")  # type: ignore[union-attr]
+    return v
+
+
 def parse_voc_xml(path: str | os.PathLike) -> VocAnnotation:
     """Parse one VOC/ImageNet XML file; raises ``BadSample('xml_malformed: ...')`` for broken files."""
     p = Path(path)
@@ -37,17 +49,18 @@ def parse_voc_xml(path: str | os.PathLike) -> VocAnnotation:
         size = root.find("size")
         hw = None
         if size is not None and size.findtext("height") and size.findtext("width"):
-            hw = (int(float(size.findtext("height"))), int(float(size.findtext("width"))))
+            hw = (int(_number(size.findtext("height"), "height")), int(_number(size.findtext("width"), "width")))
         objects = []
         for obj in root.iter("object"):
             bb = obj.find("bndbox")
             if bb is None:
                 continue
-            x0, y0, x1, y1 = (float(bb.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax"))
+            x0, y0, x1, y1 = (_number(bb.findtext(k), k) for k in ("xmin", "ymin", "xmax", "ymax"))
             box = (int(math.floor(x0)) - 1, int(math.floor(y0)) - 1, int(math.ceil(x1)), int(math.ceil(y1)))
             objects.append(VocObject((obj.findtext("name") or "").strip(), box, obj.findtext("difficult") == "1"))
-    except (ET.ParseError, OSError, TypeError, ValueError) as e:
-        raise BadSample(f"xml_malformed: {p.name} ({type(e).__name__}: {str(e)[:80]})") from None
+    except (ET.ParseError, OSError, TypeError, ValueError, OverflowError) as e:
+        detail = textwrap.shorten(str(e), 100, placeholder=" ...")
+        raise BadSample(f"xml_malformed: {p.name} ({type(e).__name__}: {detail})") from None
     return VocAnnotation((root.findtext("filename") or "").strip(), hw, tuple(objects))
 
 def _area(b: Box) -> int:
@@ -119,10 +132,11 @@ def load_boxes(path: str | os.PathLike) -> BoxTable:
     try:
         raw = json.loads(p.read_bytes())
         for k, v in raw.items():
-            table[str(k)] = tuple(tuple(int(round(float(c))) for c in b[:4]) for b in v if len(b) >= 4)
+            table[str(k)] = tuple(tuple(int(round(_number(str(c), "coordinate"))) for c in b[:4])
+                                  for b in v if len(b) >= 4)
     except FileNotFoundError:
         raise ValueError(f"Boxes file {p} does not exist.") from None
-    except (ValueError, TypeError, AttributeError) as e:
+    except (ValueError, TypeError, AttributeError, OverflowError) as e:
         raise ValueError(f"Boxes file {p} is not JSON of the form {{id: [[x0, y0, x1, y1], ...]}} "
                          f"({type(e).__name__}).") from None
     return BoxTable(table, str(p))

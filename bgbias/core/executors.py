@@ -9,6 +9,10 @@ with every task.
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
+import signal
+import threading
+import time
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 EXECUTORS = ("local", "ray")
@@ -59,16 +63,124 @@ def map_ordered(fn: Callable[[Any], Any], tasks: Sequence[Any], *, initializer: 
             torch.set_num_threads(threads)
             cv2.setNumThreads(cv_threads)
         return
+
+    pool = _pool(min(workers, len(tasks)), initializer, initargs, preload)
+    try:
+        yield from pool.map(fn, tasks, chunksize=chunksize)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+class WorkerCrashed(RuntimeError):
+    """The process running a task died (a signal such as SIGSEGV, or the OOM killer) instead of returning."""
+
+
+def _pool(n: int, initializer: Callable[..., None], initargs: tuple, preload: str | None):
     from concurrent.futures import ProcessPoolExecutor
 
     ctx = mp.get_context("forkserver")
     if preload:
         ctx.set_forkserver_preload([preload])
-    pool = ProcessPoolExecutor(min(workers, len(tasks)), mp_context=ctx, initializer=initializer, initargs=initargs)
+    start_forkserver_outside_cwd()
+    return ProcessPoolExecutor(n, mp_context=ctx, initializer=_worker_start,
+                               initargs=(os.getpid(), initializer, initargs))
+
+
+def run_isolated(fn: Callable[[Any], Any], task: Any, *, initializer: Callable[..., None], initargs: tuple = (),
+                 preload: str | None = None) -> Any:
+    """``fn(task)`` in a fresh one-worker process; raises :class:`WorkerCrashed` naming how it died."""
+    from concurrent.futures.process import BrokenProcessPool
+
+    pool = _pool(1, initializer, initargs, preload)
     try:
-        yield from pool.map(fn, tasks, chunksize=chunksize)
+        future = pool.submit(fn, task)
+        try:
+            return future.result()
+        except BrokenProcessPool:
+            procs = list(getattr(pool, "_processes", {}).values() or [])
+            code = procs[0].exitcode if procs else None
+            if code is not None and code < 0:
+                try:
+                    how = f"killed by {signal.Signals(-code).name}"
+                except ValueError:
+                    how = f"killed by signal {-code}"
+            else:
+                how = f"exit code {code}" if code is not None else "it stopped without a result"
+            raise WorkerCrashed(how) from None
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def start_forkserver_outside_cwd() -> None:
+    """Start the forkserver so that it never imports from the current directory.
+
+    The server is started as ``python -c ...``, which puts the current directory first on
+    ``sys.path``; Python < 3.12 ignores the parent's ``sys.path`` there, so a folder named
+    ``bgbias`` in the current directory (a clone, or any folder of that name) shadowed the
+    installed package in every worker. The server is started from a folder that holds nothing
+    importable, with ``PYTHONSAFEPATH`` set (no script or current directory on ``sys.path``);
+    each worker still changes back to the caller's directory, so relative paths keep working.
+    """
+    import atexit
+    import os
+    import shutil
+    import tempfile
+    from multiprocessing import forkserver
+
+    server = forkserver._forkserver
+    if server._forkserver_pid is not None:
+        pid, _ = os.waitpid(server._forkserver_pid, os.WNOHANG)
+        if not pid:
+            return                                            # already running (started here, safely)
+    cwd, safe = os.getcwd(), os.environ.get("PYTHONSAFEPATH")
+    neutral = tempfile.mkdtemp(prefix="bgbias-forkserver-")   # empty; kept while the server may still start
+    atexit.register(shutil.rmtree, neutral, True)
+    try:
+        os.chdir(neutral)
+        os.environ["PYTHONSAFEPATH"] = "1"
+        server.ensure_running()
+    finally:
+        os.chdir(cwd)
+        if safe is None:
+            os.environ.pop("PYTHONSAFEPATH", None)
+        else:
+            os.environ["PYTHONSAFEPATH"] = safe
+def _worker_start(main_pid: int, initializer: Callable[..., None], initargs: tuple) -> None:
+    """Tie the worker's life to the main process, then run the real initializer.
+
+    Workers are children of the forkserver, not of the main process, so a kill -9 of the main
+    process would leave them (and, through their pipes, the resource tracker) running. The kernel
+    kills a worker whose parent (the forkserver) dies (``PR_SET_PDEATHSIG``, Linux), and a daemon
+    thread ends it within a second of the main process going away (any POSIX system).
+    """
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL), 0, 0, 0)   # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    threading.Thread(target=_watch_parent, args=(main_pid,), daemon=True, name="bgbias-parent-watch").start()
+    initializer(*initargs)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[-1].split()[0] != b"Z"   # a killed, not yet reaped main process
+    except OSError:
+        return True
+
+
+def _watch_parent(main_pid: int) -> None:
+    while _alive(main_pid):
+        time.sleep(0.5)
+    os._exit(1)
 
 
 def progress(it: Iterable, total: int, desc: str, enabled: bool = True, unit: str = "chunk") -> Iterable:

@@ -6,6 +6,7 @@ file that exists.
 """
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
@@ -22,6 +23,42 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+MAX_MASK_PIXELS = 1 << 26   # a .npy mask claiming more pixels than this (67M) is refused from its header
+
+
+class OutputError(ValueError):
+    """An output could not be written (read-only folder, full disk, ...): one sentence with the path and cause.
+
+    A ValueError so the CLI prints it as ``bgbias: error: ...`` instead of a traceback.
+    """
+
+    @classmethod
+    def of(cls, path: str | os.PathLike, e: OSError) -> "OutputError":
+        name = errno.errorcode.get(e.errno or 0, "")
+        cause = e.strerror or type(e).__name__
+        hint = {"ENOSPC": "; free some space or choose another folder",
+                "EDQUOT": "; free some space or choose another folder",
+                "EROFS": "; choose a writable folder", "EACCES": "; choose a folder you may write to",
+                "EPERM": "; choose a folder you may write to"}.get(name, "")
+        return cls(f"Cannot write {os.fspath(path)}: {cause}{f' ({name})' if name else ''}{hint}.")
+
+
+def check_writable(path: str | os.PathLike) -> None:
+    """Fail now, not after the compute, when the output file ``path`` cannot be written (creates its folder)."""
+    path = Path(path)
+    folder = path.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        if path.is_dir():
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            os.write(fd, b"0" * 4096)   # a full disk may accept an empty file
+        finally:
+            os.close(fd)
+            os.unlink(tmp)
+    except OSError as e:
+        raise OutputError.of(path, e) from None
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -35,20 +72,25 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     head, name = os.path.split(path)
     tmp = os.path.join(head, f".{name}.{os.getpid()}.tmp")
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    except FileNotFoundError:   # first file in a new folder
-        os.makedirs(head or ".", exist_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    except FileExistsError:     # left by a killed process that had our pid: use a unique name
-        fd, tmp = tempfile.mkstemp(dir=head or ".", prefix=f".{name}.", suffix=".tmp")
-        os.chmod(tmp, 0o666 & ~_UMASK)
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileNotFoundError:   # first file in a new folder
+            os.makedirs(head or ".", exist_ok=True)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:     # left by a killed process that had our pid: use a unique name
+            fd, tmp = tempfile.mkstemp(dir=head or ".", prefix=f".{name}.", suffix=".tmp")
+            os.chmod(tmp, 0o666 & ~_UMASK)
+    except OSError as e:
+        raise OutputError.of(path, e) from None
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, OSError):
+            raise OutputError.of(path, e) from None
         raise
 
 
@@ -128,9 +170,10 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
             if im.mode == "P":
                 im = im.convert("RGBA" if "transparency" in im.info else "RGB")
             if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+                # scaled by the sample range (16 bits), never by the content: one bright pixel must not
+                # darken the rest of the image
                 arr = np.asarray(im, dtype=np.int64)
-                top = 65535 if arr.max(initial=0) > 255 else 255
-                arr = np.clip(arr * 255 // top, 0, 255).astype(np.uint8)
+                arr = ((np.clip(arr, 0, 65535) * 255 + 32767) // 65535).astype(np.uint8)
             elif im.mode in ("F",):
                 arr = np.asarray(im, dtype=np.float32)
                 arr = np.clip(arr, 0, 255).astype(np.uint8)
@@ -138,7 +181,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
                 arr = np.asarray(im.convert("L") if im.mode == "1" else im)
             else:
                 arr = np.asarray(im.convert("RGB"))
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise BadSample(f"unreadable image {Path(path).name} ({type(e).__name__})") from None
     return to_rgb_uint8(arr)
 
@@ -148,7 +191,7 @@ def read_mask(path: str | os.PathLike, shape: tuple[int, int] | None = None) -> 
     p = Path(path)
     try:
         if p.suffix.lower() == ".npy":
-            arr = np.load(p, allow_pickle=False)
+            arr = _load_npy_mask(p, shape)
         else:
             with Image.open(p) as im:
                 arr = _plain_png(im)
@@ -156,6 +199,32 @@ def read_mask(path: str | os.PathLike, shape: tuple[int, int] | None = None) -> 
                     return to_mask(arr, shape)
                 im.load()
                 arr = np.asarray(im.convert("L") if im.mode not in ("L", "I;16", "I", "1", "F") else im)
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         raise BadSample(f"unreadable mask {p.name} ({type(e).__name__})") from None
     return to_mask(arr, shape)
+
+
+def _load_npy_mask(p: Path, shape: tuple[int, int] | None) -> np.ndarray:
+    """``np.load`` after checking the header: a small file may claim gigabytes (a sparse or lying .npy),
+    so shape, dtype and size are checked before any pixel is read."""
+    with open(p, "rb") as f:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            dims, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+        else:
+            dims, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+        start = f.tell()
+        size = os.fstat(f.fileno()).st_size
+        if dtype.hasobject:
+            raise BadSample(f"unreadable mask {p.name} (holds Python objects)")
+        if len(dims) not in (2, 3) or (len(dims) == 3 and dims[2] not in (1, 3, 4)):
+            raise BadSample(f"mask {p.name} has unsupported shape {tuple(dims)}")
+        if shape is not None and tuple(dims[:2]) != tuple(shape):
+            raise BadSample(f"mask size {dims[1]}x{dims[0]} differs from image size {shape[1]}x{shape[0]}")
+        n = int(np.prod(dims, dtype=np.int64))
+        if dims[0] * dims[1] > MAX_MASK_PIXELS:
+            raise BadSample(f"mask {p.name} claims {dims[1]}x{dims[0]} pixels (over {MAX_MASK_PIXELS:,})")
+        if size - start < n * dtype.itemsize:
+            raise BadSample(f"mask {p.name} is truncated ({size - start} of {n * dtype.itemsize} data bytes)")
+        arr = np.fromfile(f, dtype=dtype, count=n)
+    return arr.reshape(dims, order="F" if fortran else "C")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import textwrap
 import warnings
 from pathlib import Path
 from typing import Any
@@ -32,15 +33,50 @@ def _bbox(b: Any) -> Box:
     return int(math.floor(x)), int(math.floor(y)), int(math.ceil(x + w)), int(math.ceil(y + h))
 
 
+MAX_POLYGON_POINTS = 100_000   # per annotation; pycocotools' rasteriser is C and trusts its input
+
+
+def _polygons(seg: list, h: int, w: int) -> list[list[float]]:
+    """Polygons checked before pycocotools sees them: every coordinate a finite number within one image
+    size of the image (pycocotools walks each edge pixel by pixel, so 1e30 exhausts memory and NaN crashes it)."""
+    polys, n = [], 0
+    for p in seg:
+        if not (isinstance(p, list) and len(p) >= 6 and len(p) % 2 == 0):
+            continue
+        vals = []
+        for k, v in enumerate(p):
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise ValueError(f"polygon coordinate {str(v)[:20]!r} is not a number")
+            lim = w if k % 2 == 0 else h
+            if not math.isfinite(v) or not -lim <= v <= 2 * lim:
+                raise ValueError(f"polygon coordinate {v:g} is outside the {w}x{h} image by more than its size")
+            vals.append(float(v))
+        n += len(vals) // 2
+        if n > MAX_POLYGON_POINTS:
+            raise ValueError(f"polygons have over {MAX_POLYGON_POINTS:,} points")
+        polys.append(vals)
+    if not polys:
+        raise ValueError("no polygon with at least 3 points")
+    return polys
+
+
+def _counts(seg: dict, h: int, w: int) -> dict:
+    """Uncompressed RLE with non-negative integer runs that sum to the image's pixel count."""
+    counts = seg["counts"]
+    if not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in counts):
+        raise ValueError("RLE counts must be non-negative integers")
+    if sum(counts) != h * w:
+        raise ValueError(f"RLE counts sum to {sum(counts)}, not the {w}x{h} image's {h * w} pixels")
+    return {"size": [h, w], "counts": counts}
+
+
 def decode_segmentation(seg: Any, h: int, w: int) -> np.ndarray:
     """COCO polygons / uncompressed RLE / compressed RLE -> bool HxW (raises ValueError when malformed)."""
     if isinstance(seg, list):
-        polys = [[float(v) for v in p] for p in seg if isinstance(p, list) and len(p) >= 6 and len(p) % 2 == 0]
-        if not polys:
-            raise ValueError("no polygon with at least 3 points")
+        polys = _polygons(seg, h, w)
         rle = mask_utils.merge(mask_utils.frPyObjects(polys, h, w))
     elif isinstance(seg, dict) and isinstance(seg.get("counts"), list):
-        rle = mask_utils.frPyObjects(seg, h, w)
+        rle = mask_utils.frPyObjects(_counts(seg, h, w), h, w)
     elif isinstance(seg, dict) and isinstance(seg.get("counts"), (str, bytes)):
         if list(seg.get("size", [])) != [h, w]:
             raise ValueError(f"RLE size {seg.get('size')} differs from the image size {[h, w]}")
@@ -68,13 +104,19 @@ class CocoSource(AnnotatedSource):
         except FileNotFoundError:
             raise ValueError(f"COCO annotation file {ann_file} does not exist.") from None
         except (ValueError, UnicodeDecodeError) as e:
-            raise ValueError(f"COCO annotation file {ann_file} is not valid JSON ({str(e)[:80]}).") from None
+            raise ValueError(f"COCO annotation file {ann_file} is not valid JSON "
+                             f"({textwrap.shorten(str(e), 100, placeholder=' ...')}).") from None
         if not isinstance(data, dict) or not all(isinstance(data.get(k), list)
                                                  for k in ("images", "annotations", "categories")):
             raise ValueError(f"COCO annotation file {ann_file} lacks the 'images', 'annotations' and 'categories' "
                              f"lists of the instances format.")
-        cats = {c["id"]: str(c["name"]) for c in data["categories"] if isinstance(c, dict) and "id" in c
-                and "name" in c}
+        cats: dict[Any, str] = {}
+        for c in data["categories"]:
+            if isinstance(c, dict) and "id" in c and "name" in c:
+                if isinstance(c["id"], bool) or not isinstance(c["id"], (int, str)):
+                    raise ValueError(f"COCO annotation file {ann_file}: category {str(c['name'])[:40]!r} has id "
+                                     f"{str(c['id'])[:40]}, not an integer.")
+                cats[c["id"]] = str(c["name"])
         names = _parse_classes(classes, [cats[k] for k in sorted(cats)], "COCO")
         want = {k for k, n in cats.items() if n in names}
         dropped: list[dict] = []
@@ -82,7 +124,7 @@ class CocoSource(AnnotatedSource):
         for im in data["images"]:
             try:
                 imgs[im["id"]] = {"file": str(im["file_name"]), "h": int(im["height"]), "w": int(im["width"])}
-            except (KeyError, TypeError, ValueError):
+            except (KeyError, TypeError, ValueError, OverflowError):
                 dropped.append({"path": str(im)[:60], "reason": "json_malformed: image entry lacks id, file_name, "
                                                                  "height or width"})
         per_image: dict[Any, list[dict]] = {}
@@ -91,9 +133,13 @@ class CocoSource(AnnotatedSource):
                 ann = {"id": a["id"], "cat": a["category_id"], "box": _bbox(a["bbox"]), "seg": a.get("segmentation"),
                        "crowd": bool(a.get("iscrowd", 0)), "area": float(a.get("area") or 0.0)}
                 image_id = a["image_id"]
-            except (KeyError, TypeError, ValueError):
+                hash((ann["id"], ann["cat"], image_id))   # list-valued ids: a named drop, not 'unhashable type'
+                if not math.isfinite(ann["area"]):
+                    raise ValueError("non-finite area")
+            except (KeyError, TypeError, ValueError, OverflowError):
                 dropped.append({"id": str(a.get("id") if isinstance(a, dict) else a)[:40],
-                                "reason": "json_malformed: annotation lacks id, image_id, category_id or a 4-number bbox"})
+                                "reason": "json_malformed: annotation lacks id, image_id, category_id or a "
+                                          "4-number bbox, or has a list-valued id"})
                 continue
             if image_id not in imgs:
                 dropped.append({"id": str(ann["id"]), "reason": f"image_missing: annotation {ann['id']} refers to "
@@ -123,6 +169,11 @@ class CocoSource(AnnotatedSource):
             stems.append(Path(im["file"]).stem)
         super().__init__(f"coco:{ann_file}:{images}", names, items, unique_ids(stems), dropped)
         self.foreground, self.min_area = foreground, int(min_area)
+        self.own_split = coco_split(ann_file, images)
+
+    def splits(self) -> list[str | None] | None:
+        """COCO's own split, from the file names (``instances_train2017.json``, ``val2017/``), for every image."""
+        return None if self.own_split is None else [self.own_split] * len(self)
 
     def has_mask(self, i: int) -> bool:
         return True
@@ -135,12 +186,25 @@ class CocoSource(AnnotatedSource):
             try:
                 fg |= decode_segmentation(seg, h, w)
             except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as e:
-                raise BadSample(f"segmentation_malformed: annotation {ann_id} ({str(e)[:60]})") from None
+                detail = textwrap.shorten(str(e), 100, placeholder=" ...")
+                raise BadSample(f"segmentation_malformed: annotation {ann_id} ({detail})") from None
         return fg.astype(np.float32)
 
     def describe(self) -> dict:
         return {**super().describe(), "foreground": self.foreground, "min_area": self.min_area,
                 "not_in_classes": self.not_in_classes}
+
+
+def coco_split(ann_file: Path, images: Path) -> str | None:
+    """``train`` / ``val`` when the annotation file (or else the image folder) is named for one, else None."""
+    import re
+
+    for name in (ann_file.stem, images.name):
+        found = set(re.findall(r"(?<![a-z])(train|val)(?![a-z])", name.lower().replace("_", " ").replace("-", " ")
+                               .replace("2014", " ").replace("2017", " ")))
+        if len(found) == 1:
+            return found.pop()
+    return None
 
 
 @SOURCES.register("coco", path_arg=True, tags=["annotations"],

@@ -22,9 +22,10 @@ import torch
 
 from bgbias.core.registry import Registry
 from bgbias.core.sample import BadSample, Box, Sample
-from bgbias.synth.textures import TEXTURES, uniform
+from bgbias.synth.textures import TEXTURES, texture_kind, uniform
 
-BACKGROUNDS: Registry["Background"] = Registry("background")
+BACKGROUNDS: Registry["Background"] = Registry("background", plugins=("bgbias.synth.bank",))
+"""Families; :mod:`bgbias.synth.bank` adds ``noise``, ``gradient`` and the ``bank`` mixtures on first use."""
 
 COLORS: dict[str, tuple[int, int, int]] = {
     "black": (0, 0, 0), "white": (255, 255, 255), "gray": (128, 128, 128), "grey": (128, 128, 128),
@@ -145,12 +146,18 @@ class SolidColor(Background):
     """One solid colour for every image."""
 
     def __init__(self, color: str):
+        self.random = str(color).strip().lower() == "random"
+        if self.random:  # one uniformly random RGB colour per image (drawn from the generator)
+            self.rgb, self.name = None, "color:random"
+            return
         self.rgb = parse_color(color)
         named = color.lower() in COLORS
         self.name = f"color:{color.lower()}" if named else "color:#{:02x}{:02x}{:02x}".format(*self.rgb)
 
     def render(self, n, size, generator=None, device="cpu"):
         h, w = _check_size(size)
+        if self.random:
+            return uniform(generator, n, 3, 1, 1).to(device).expand(n, 3, h, w).contiguous()
         c = torch.tensor(self.rgb, dtype=torch.float32, device=device) / 255.0
         return c.view(1, 3, 1, 1).expand(n, 3, h, w).contiguous()
 
@@ -163,7 +170,7 @@ def parse_color(text: str) -> tuple[int, int, int]:
     hexpart = t[1:] if t.startswith("#") else t
     if len(hexpart) == 6 and all(ch in "0123456789abcdef" for ch in hexpart):
         return tuple(int(hexpart[i:i + 2], 16) for i in (0, 2, 4))  # type: ignore[return-value]
-    raise ValueError(f"Unknown colour {text!r}; valid: {', '.join(COLORS)} or #RRGGBB.")
+    raise ValueError(f"Unknown colour {text!r}; valid: {', '.join(COLORS)}, random or #RRGGBB.")
 
 
 class MeanBackground(Background):
@@ -254,30 +261,42 @@ class TiledBackground(Background):
 class Texture(Background):
     """A two-colour pattern; the pattern's geometry and both colours are drawn per image.
 
-    The second colour is the first shifted by about half the range per
-    channel, so the pattern always has contrast.
+    ``texture:NAME[:param]``: the fixed parameter (default: the texture's own); the second colour is
+    the first shifted by about half the range per channel, so the pattern always has contrast.
+    ``texture:NAME:*``: everything random per image: the parameter (log-uniform over the texture's
+    range), line width (duty 0.2-0.8), an independent colour pair and its contrast (40-100%).
     """
 
     def __init__(self, kind: str, param: str | float | None = None):
-        if kind not in TEXTURES:
-            raise ValueError(f"Unknown texture {kind!r}; valid: {', '.join(sorted(TEXTURES))}.")
-        fn, default, typ = TEXTURES[kind]
+        tk = texture_kind(kind)
+        self.kind, self.tk, self.fn = kind, tk, tk.fn
+        self.random = param == "*"
+        if self.random:
+            self.param, self.name = None, f"texture:{kind}:*"
+            return
         try:
-            value = typ(default if param in (None, "") else param)
+            value = tk.kind(tk.default if param in (None, "") else param)
         except (TypeError, ValueError):
-            raise ValueError(f"Texture {kind!r} takes a {typ.__name__} parameter, got {param!r}.") from None
-        if typ is float and not 0 <= value <= 1:
+            raise ValueError(f"Texture {kind!r} takes a {tk.kind.__name__} parameter (or *), got {param!r}.") from None
+        if tk.kind is float and not 0 <= value <= 1:
             raise ValueError(f"Texture {kind!r} parameter must be a rate in [0, 1], got {value}.")
-        if typ is int and value < 1:
+        if tk.kind is int and value < 1:
             raise ValueError(f"Texture {kind!r} parameter must be a positive integer, got {value}.")
-        self.kind, self.param, self.fn = kind, value, fn
+        self.param = value
         self.name = f"texture:{kind}:{value}"
 
     def render(self, n, size, generator=None, device="cpu"):
         h, w = _check_size(size)
-        pattern = self.fn(generator, n, h, w, self.param)                       # [n, H, W]
-        c0 = uniform(generator, n, 3, 1, 1)
-        c1 = torch.remainder(c0 + 0.5 + (uniform(generator, n, 3, 1, 1) - 0.5) * 0.3, 1.0)
+        if self.random:
+            param = self.tk.draw(generator, n)
+            duty = 0.2 + 0.6 * uniform(generator, n, 1, 1)
+            pattern = self.fn(generator, n, h, w, param, duty)
+            c0, c1 = uniform(generator, n, 3, 1, 1), uniform(generator, n, 3, 1, 1)
+            c1 = c0 + (c1 - c0) * (0.4 + 0.6 * uniform(generator, n, 1, 1, 1))
+        else:
+            pattern = self.fn(generator, n, h, w, self.param)                       # [n, H, W]
+            c0 = uniform(generator, n, 3, 1, 1)
+            c1 = torch.remainder(c0 + 0.5 + (uniform(generator, n, 3, 1, 1) - 0.5) * 0.3, 1.0)
         out = c0 + pattern.unsqueeze(1) * (c1 - c0)
         return out.to(device=device, dtype=torch.float32)
 
@@ -332,8 +351,8 @@ class Photos(Background):
 
 # ---------------------------------------------------------------- registry
 
-@BACKGROUNDS.register("color", tags=["color"], help="solid colour: color:red or color:#RRGGBB")
-def _color(color: str = "black") -> Background:
+@BACKGROUNDS.register("color", tags=["color"], help="solid colour: color:red, color:#RRGGBB, color:random (bare color)")
+def _color(color: str = "random") -> Background:
     return SolidColor(color)
 
 
@@ -352,8 +371,13 @@ def _tiled() -> Background:
     return TiledBackground()
 
 
-@BACKGROUNDS.register("texture", tags=["texture"], help="texture:NAME[:param] (stripes, board, border, circles, clock, noise)")
-def _texture(kind: str = "stripes", param: str | None = None) -> Background:
+@BACKGROUNDS.register("texture", tags=["texture"],
+                      help="texture:NAME[:param|*] (stripes, board, border, circles, clock, noise); bare/texture:* = all, random")
+def _texture(kind: str = "*", param: str | None = None) -> Background:
+    if kind == "*":
+        from bgbias.synth.bank import create_mixture
+
+        return create_mixture(f"texture:*{':' + param if param else ''}")
     return Texture(kind, param)
 
 
@@ -375,5 +399,5 @@ def list_backgrounds(pattern: str = "*") -> list[str]:
 
     from bgbias.core.registry import natural_key
 
-    names = [n for n in BACKGROUNDS.names() if n != "texture"] + [f"texture:{t}" for t in TEXTURES]
+    names = [n for n in BACKGROUNDS.names() if n != "texture"] + [f"texture:{t}" for t in TEXTURES.names()]
     return sorted(fnmatch.filter(names, pattern), key=natural_key)

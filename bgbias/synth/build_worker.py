@@ -13,9 +13,9 @@ from typing import Any, Sequence
 import cv2
 import numpy as np
 
-from bgbias.core.io import write_npy, write_png
-from bgbias.core.layout import MASK_DIR, SPLIT, safe_join
-from bgbias.core.sample import BadSample, Sample, check_mask_usable
+from bgbias.core.io import OutputError, atomic_write_bytes, write_npy, write_png
+from bgbias.core.layout import MASK_DIR, safe_join
+from bgbias.core.sample import BadSample, Drop, Sample, check_mask_usable
 from bgbias.synth.backgrounds import MeanBackground, only_bg_t, resize_crop
 from bgbias.synth.variants import render_variants
 
@@ -44,23 +44,39 @@ def _prepared(i: int) -> Sample:
         e.stage = "load"
         raise
     except Exception as e:  # a reader bug or exotic file must not stop the build
-        bad = BadSample(f"cannot load ({type(e).__name__}: {e})", _STATE["ids"][i])
+        bad = BadSample(f"cannot load ({type(e).__name__}: {e})", _STATE["ids"][i], rule="load_error",
+                        values={"error": type(e).__name__})
         bad.stage = "load"
         raise bad from None
-    s = fit_sample(s, cfg.size)
     try:
         if s.mask is None:
-            raise BadSample("no foreground mask (give --masks DIR or a mask method)")
-        check_mask_usable(s.mask)
+            raise BadSample(f"no foreground mask for {s.id} ({MASK_HINT})", rule="no_mask", values={"id": s.id})
+        before = float((s.mask > 0.5).mean()) if cfg.size is not None else None
+        s = fit_sample(s, cfg.size)
+        if cfg.mask_threshold is not None:     # --binary-masks: what the official script reads
+            s = s.with_(mask=(s.mask >= cfg.mask_threshold).astype(np.float32))
+        try:
+            check_mask_usable(s.mask)
+        except BadSample as e:
+            if before is None or e.drop.rule != "mask_empty" or before < 1e-4:
+                raise
+            h, w = cfg.size
+            raise BadSample(f"the centre crop to {h}x{w} cut the object out ({100 * before:.2g}% of the image was "
+                            f"foreground before the crop, none after)", rule="crop_cut_object",
+                            values={"size": f"{h}x{w}", "fraction_before": round(before, 6)}) from None
     except BadSample as e:
         e.stage = "mask"
         raise
     return s
 
 
+MASK_HINT = "give --masks DIR or --masks-from grabcut"
+
+
 def _drop(i: int, exc: BaseException, stage: str | None = None) -> dict:
-    reason = exc.reason if isinstance(exc, BadSample) else f"unexpected {type(exc).__name__}: {exc}"
-    return {"i": i, "id": _STATE["ids"][i], "reason": reason, "stage": stage or getattr(exc, "stage", "variant")}
+    drop = exc.drop if isinstance(exc, BadSample) else Drop("unexpected_error", f"{type(exc).__name__}: {exc}",
+                                                             {"error": type(exc).__name__})
+    return {"i": i, "id": _STATE["ids"][i], **drop.to_dict(), "stage": stage or getattr(exc, "stage", "variant")}
 
 
 def _fit_task(chunk: Sequence[int]) -> dict:
@@ -96,30 +112,56 @@ def _sample_task(task: dict) -> list[dict]:
                 records.append(_drop(i, e))
                 continue
             for v in todo:
-                write_png(paths[v.name], images[v.name], cfg.png_compression)
+                _write_image(paths[v.name], images[v.name])
             if not mpath.exists():
                 write_npy(mpath, s.mask.astype(np.float32))
             rec: dict[str, Any] = {"i": i}
             if need_tiles:
                 h, w = s.size
-                if cache is None:  # streamed to a temp file, renamed when the chunk is done
-                    os.makedirs(os.path.join(_STATE["out"], CACHE), exist_ok=True)
-                    cache = open(_cache_file(task["k"]) + f".{os.getpid()}.tmp", "wb")
-                cache.write(np.ascontiguousarray(s.image).data)
-                cache.write(np.ascontiguousarray(tiled).data)
-                rec["cache"] = (task["k"], offset, h, w)
+                key = task.get("key", f"{task['k']:06d}")
+                try:
+                    if cache is None:  # streamed to a temp file, renamed when the chunk is done
+                        os.makedirs(os.path.join(_STATE["out"], CACHE), exist_ok=True)
+                        cache = open(_cache_file(key) + f".{os.getpid()}.tmp", "wb")
+                    cache.write(np.ascontiguousarray(s.image).data)
+                    cache.write(np.ascontiguousarray(tiled).data)
+                except OSError as e:
+                    raise OutputError.of(_cache_file(key), e) from None
+                rec["cache"] = (key, offset, h, w)
                 offset += 2 * h * w * 3
             records.append(rec)
     finally:
         if cache is not None:
             cache.close()
     if cache is not None:
-        os.replace(cache.name, _cache_file(task["k"]))
+        os.replace(cache.name, _cache_file(task.get("key", f"{task['k']:06d}")))
     return records
 
 
-def _cache_file(k: int) -> str:
-    return os.path.join(_STATE["out"], CACHE, f"{k:06d}.bin")
+def _cache_file(key: str) -> str:
+    """One file per chunk and run: the run token in the name means no run can read another run's offsets."""
+    return os.path.join(_STATE["out"], CACHE, f"{key}.{_STATE['run']}.bin")
+
+
+def split_task(fn, task) -> list[tuple[Any, int]]:
+    """``task`` cut into one task per sample (with that sample's index), to find the one that crashes a worker."""
+    if fn is _fit_task:
+        return [([i], i) for i in task]
+    if fn is _sample_task:
+        return [({"chunk": [i], "k": task["k"], "key": f"{task['k']:06d}-{i}"}, i) for i in task["chunk"]]
+    return [({"chunk": [i], "partners": task["partners"], "cache": task["cache"]}, i) for i in task["chunk"]]
+
+
+def crash_record(fn, task, i: int, state: dict, exc: BaseException) -> Any:
+    """The result a task of one sample gives when that sample killed its worker process: a named drop."""
+    reason = f"worker_crash: the worker process died on this sample ({exc})"
+    sid = state["ids"][i]
+    if fn is _fit_task:
+        return None
+    if fn is _sample_task:
+        return [{"i": i, "id": sid, "reason": reason, "stage": "load"}]
+    names = [name for name, p in task["partners"].items() if sid in p]
+    return [{"i": i, "id": sid, "reason": reason, "stage": "variant", "variant": ",".join(names)}] if names else []
 
 
 def _cached(i: int, which: int) -> np.ndarray | None:
@@ -135,13 +177,35 @@ def _cached(i: int, which: int) -> np.ndarray | None:
     return arr.reshape(h, w, 3)
 
 
-def _path(variant_dir: str, i: int, ext: str = ".png") -> Path:
-    """OUT/<variant_dir>/val/<class>/<id><ext>; folders checked by ``safe_join`` once, ids checked in :func:`build`."""
-    cdir = _STATE["class_dirs"][_STATE["labels"][i]]
-    key = (variant_dir, cdir)
+def _write_image(path: Path, image: np.ndarray) -> None:
+    """PNG, or JPEG (quality 95, 4:4:4; deterministic bytes for one libjpeg) for builds the official scripts read."""
+    cfg = _STATE["config"]
+    if cfg.image_format == "jpeg":
+        ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(image[:, :, ::-1]),
+                               [cv2.IMWRITE_JPEG_QUALITY, 95, cv2.IMWRITE_JPEG_SAMPLING_FACTOR,
+                                cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444])
+        if not ok:
+            raise BadSample(f"cannot encode {path.name} as JPEG")
+        atomic_write_bytes(path, buf.tobytes())
+    else:
+        write_png(path, image, cfg.png_compression)
+
+
+def _lossless() -> bool:
+    """Whether images read back from disk equal the rendered ones (PNG); JPEG read-backs are re-rendered instead."""
+    return _STATE["config"].image_format == "png"
+
+
+def _path(variant_dir: str, i: int, ext: str | None = None) -> Path:
+    """OUT/<variant_dir>/<split>/<class>/<id><ext> (ext: the build's image format by default); folders checked by
+    ``safe_join`` once, ids checked in :func:`build`."""
+    if ext is None:
+        ext = ".JPEG" if _STATE["config"].image_format == "jpeg" else ".png"
+    cdir, split = _STATE["class_dirs"][_STATE["labels"][i]], _STATE["splits"][i]
+    key = (variant_dir, split, cdir)
     d = _DIRS.get(key)
     if d is None:
-        d = _DIRS[key] = safe_join(_STATE["out"], variant_dir, SPLIT, cdir)
+        d = _DIRS[key] = safe_join(_STATE["out"], variant_dir, split, cdir)
     return d / (_STATE["ids"][i] + ext)
 
 
@@ -157,7 +221,7 @@ def _foreground(i: int) -> Sample:
     image = _cached(i, 0)
     if image is not None:
         return Sample(image, np.load(mp_, allow_pickle=False), _STATE["labels"][i], _STATE["ids"][i])
-    if "original" in _STATE["written"] and p.exists() and mp_.exists():
+    if "original" in _STATE["written"] and p.exists() and mp_.exists() and _lossless():
         return Sample(_read_png(p), np.load(mp_, allow_pickle=False), _STATE["labels"][i], _STATE["ids"][i])
     return _prepared(i)
 
@@ -167,7 +231,7 @@ def _background(j: int) -> np.ndarray:
     if cached is not None:
         return cached
     p = _path("only_bg_t", j)
-    if "only_bg_t" in _STATE["written"] and p.exists():
+    if "only_bg_t" in _STATE["written"] and p.exists() and _lossless():
         return _read_png(p)
     s = _prepared(j)
     return only_bg_t(s.image, s.object_boxes())
@@ -196,11 +260,35 @@ def _mixed_task(task: dict) -> list[dict]:
             records.append({**_drop(i, e, "variant"), "variant": ",".join(v.name for v in todo)})
             continue
         for v in todo:
-            write_png(_path(v.dirname, i), images[v.name], cfg.png_compression)
+            _write_image(_path(v.dirname, i), images[v.name])
     return records
 
 
 CACHE = ".bgbias-cache"          # raw originals + Only-BG-T per chunk, for the mixed pass; removed at the end
+
+
+def _bounded_resize_crop(arr: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """:func:`resize_crop` with memory bounded by the output size.
+
+    Resizing first and cropping after would make a 1x20000 image at 224x224 a 224x4,480,000
+    intermediate (gigabytes); when the resized image would be over 4x the output, the source
+    region the crop keeps is cut out first and only it is resized (same geometry).
+    """
+    (h, w), (th, tw) = arr.shape[:2], size
+    scale = max(th / h, tw / w)
+    nh, nw = max(th, round(h * scale)), max(tw, round(w * scale))
+    if nh * nw <= 4 * th * tw:
+        return resize_crop(arr, size)
+    oy, ox = (nh - th) // 2, (nw - tw) // 2
+    y0, x0 = int(np.floor(oy / scale)), int(np.floor(ox / scale))
+    y1, x1 = min(h, int(np.ceil((oy + th) / scale)) + 1), min(w, int(np.ceil((ox + tw) / scale)) + 1)
+    region = np.ascontiguousarray(arr[y0:max(y1, y0 + 1), x0:max(x1, x0 + 1)])
+    # the region resized by the same scale, then the crop's offset inside it
+    rh, rw = max(th, round(region.shape[0] * scale)), max(tw, round(region.shape[1] * scale))
+    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+    out = cv2.resize(region, (rw, rh), interpolation=interp)
+    dy, dx = min(max(0, round(oy - y0 * scale)), rh - th), min(max(0, round(ox - x0 * scale)), rw - tw)
+    return np.ascontiguousarray(out[dy:dy + th, dx:dx + tw])
 
 
 def fit_sample(sample: Sample, size: tuple[int, int] | None) -> Sample:
@@ -217,9 +305,9 @@ def fit_sample(sample: Sample, size: tuple[int, int] | None) -> Sample:
              min(tw, max(0, round(x1 * nw / w) - ox)), min(th, max(0, round(y1 * nh / h) - oy)))
         if b[2] > b[0] and b[3] > b[1]:
             boxes.append(b)
-    mask = None if sample.mask is None else np.clip(resize_crop(sample.mask.astype(np.float32), size), 0, 1)
-    return sample.with_(image=resize_crop(sample.image, size), mask=mask, boxes=tuple(boxes))
+    mask = None if sample.mask is None else np.clip(_bounded_resize_crop(sample.mask.astype(np.float32), size), 0, 1)
+    return sample.with_(image=_bounded_resize_crop(sample.image, size), mask=mask, boxes=tuple(boxes))
 
 
 _STATE: dict[str, Any] = {}
-_DIRS: dict[tuple[str, str], Path] = {}
+_DIRS: dict[tuple[str, str, str], Path] = {}

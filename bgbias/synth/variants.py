@@ -36,6 +36,7 @@ from bgbias.synth.backgrounds import (
     box_mask,
     create_background,
     resize_crop,
+    texture_kind,
     tile_strip,
 )
 
@@ -232,7 +233,7 @@ def _photos(folder: str | None = None) -> Variant:
 
 
 _EXAMPLES["color"] = tuple(f"color:{c}" for c in ("black", "white", "gray", "red", "green", "blue"))
-_EXAMPLES["texture"] = tuple(f"texture:{t}" for t in TEXTURES)
+_EXAMPLES["texture"] = tuple(f"texture:{t}" for t in TEXTURES.names())
 _EXAMPLES["photos"] = ()
 
 
@@ -298,11 +299,11 @@ def describe_variants(pattern: str = "*") -> list[tuple[str, str, str]]:
         if fam == "photos":
             names = ("photos:DIR",)
         elif fam == "texture":
-            names = tuple(f"texture:{t}[:{TEXTURES[t][1]}]" for t in TEXTURES)
+            names = tuple(f"texture:{t}[:{texture_kind(t).default}]" for t in TEXTURES.names())
         for n in names:
             if fnmatch.fnmatch(n, pattern) or fnmatch.fnmatch(fam, pattern):
                 doc = e.help
                 if fam == "texture":
-                    doc = (TEXTURES[n.split(":")[1].split("[")[0]][0].__doc__ or doc).strip()
+                    doc = (texture_kind(n.split(":")[1].split("[")[0]).fn.__doc__ or doc).strip()
                 rows.append((n, tags, doc.replace("``", "")))
     return rows

@@ -20,7 +20,12 @@ not merely learn to ignore the generator's current favourite pattern):
 - a replay buffer of past backgrounds (``--replay`` of them) supplies a third of each batch's
   backgrounds: f keeps resisting what fooled it earlier (the game otherwise cycles);
 - backgrounds are flipped / transposed / channel-permuted at random (free diversity);
-- ``--clean-fraction`` of each batch stays clean, which keeps clean accuracy at baseline level.
+- ``--clean-fraction`` of each batch stays clean, which keeps clean accuracy at baseline level;
+- ``--adv-bank`` of each batch gets a background from the bank (``--families``, default ``bank``:
+  :mod:`bgbias.synth.bank`) instead of the generator: the generator finds what fools f *now*, the bank
+  covers the space of plausible backgrounds it would never reach (issue 15: this is what generalises);
+- the generator takes its step every ``--gen-every`` batches (it adapts slowly anyway), which keeps
+  the cost per epoch near the baseline's.
 """
 from __future__ import annotations
 
@@ -185,6 +190,15 @@ class AdversarialBackgrounds:
         self.filled, self.pos = 0, 0
         self.mask_state: dict | None = None
         self.masks: torch.Tensor | None = None
+        self.calls = 0
+        self.bank = None
+        if float(getattr(cfg, "adv_bank", 0.0)) > 0:
+            from bgbias.synth.bank import PARTNERS, create_mixture, parse_bank
+
+            leaves = {k: v for k, v in parse_bank(cfg.families).items() if k not in PARTNERS}
+            if not leaves:
+                raise ValueError(f"--adv-bank needs background families besides partners, got {cfg.families!r}.")
+            self.bank = create_mixture(",".join(f"{k}={v}" for k, v in leaves.items()))
 
     def _generate(self, n: int, g: torch.Generator) -> torch.Tensor:
         z = torch.randn(n, self.gen.z_dim, generator=g).to(self.device)
@@ -193,7 +207,29 @@ class AdversarialBackgrounds:
     def __call__(self, x: torch.Tensor, m: torch.Tensor, y: torch.Tensor, g: torch.Generator,
                  model: nn.Module) -> torch.Tensor:
         cfg, n = self.cfg, x.shape[0]
-        # generator step: maximise f's loss (f frozen, BN in eval mode so the step has no side effects)
+        self.calls += 1
+        if (self.calls - 1) % max(1, int(getattr(cfg, "gen_every", 1))) == 0:
+            self._generator_step(x, m, y, g, model)
+        # classifier batch: fresh generator output, replayed backgrounds, bank backgrounds and clean rows
+        with torch.no_grad():
+            b = self._generate(n, g)
+            self._remember(b)
+            if self.filled:
+                use_replay = torch.rand(n, generator=g) < 1 / 3
+                pick = torch.randint(self.filled, (n,), generator=g)
+                old = self.replay[pick].to(self.device).float() / 255.0
+                b = torch.where(use_replay.to(self.device).view(n, 1, 1, 1), old, b)
+            b = _jitter(b, g)
+            if self.bank is not None:
+                use_bank = (torch.rand(n, generator=g) < float(cfg.adv_bank)).to(self.device).view(n, 1, 1, 1)
+                b = torch.where(use_bank, self.bank.render(n, tuple(x.shape[-2:]), g, self.device), b)
+            keep = (torch.rand(n, generator=g) < cfg.clean_fraction).to(self.device).view(n, 1, 1, 1)
+            return torch.where(keep, x, compose(x, b, m))
+
+    def _generator_step(self, x: torch.Tensor, m: torch.Tensor, y: torch.Tensor, g: torch.Generator,
+                        model: nn.Module) -> None:
+        """One step of f_g to maximise f's loss (f frozen, BN in eval mode so the step has no side effects)."""
+        cfg, n = self.cfg, x.shape[0]
         model.eval()
         for p in model.parameters():
             p.requires_grad_(False)
@@ -207,18 +243,6 @@ class AdversarialBackgrounds:
         self.opt.step()
         for p in model.parameters():
             p.requires_grad_(True)
-        # classifier batch: fresh generator output, replayed backgrounds, and clean rows
-        with torch.no_grad():
-            b = self._generate(n, g)
-            self._remember(b)
-            if self.filled:
-                use_replay = torch.rand(n, generator=g) < 1 / 3
-                pick = torch.randint(self.filled, (n,), generator=g)
-                old = self.replay[pick].to(self.device).float() / 255.0
-                b = torch.where(use_replay.to(self.device).view(n, 1, 1, 1), old, b)
-            b = _jitter(b, g)
-            keep = (torch.rand(n, generator=g) < cfg.clean_fraction).to(self.device).view(n, 1, 1, 1)
-            return torch.where(keep, x, compose(x, b, m))
 
     def _remember(self, b: torch.Tensor) -> None:
         """Ring buffer of past backgrounds (uint8 on the CPU)."""
@@ -233,13 +257,15 @@ class AdversarialBackgrounds:
 
     def state_dict(self) -> dict[str, Any]:
         return {"generator": self.gen.state_dict(), "gen_opt": self.opt.state_dict(), "replay": self.replay.clone(),
-                "filled": self.filled, "pos": self.pos, "mask_net": self.mask_state, "masks": self.masks}
+                "filled": self.filled, "pos": self.pos, "mask_net": self.mask_state, "masks": self.masks,
+                "calls": self.calls}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.gen.load_state_dict(state["generator"])
         self.opt.load_state_dict(state["gen_opt"])
         self.replay, self.filled, self.pos = state["replay"].clone(), int(state["filled"]), int(state["pos"])
         self.mask_state, self.masks = state.get("mask_net"), state.get("masks")
+        self.calls = int(state.get("calls", 0))
 
 
 def adversarial_augment(phase: str, cfg: Any, data: Any, model: nn.Module, ctx: dict) -> AdversarialBackgrounds | None:

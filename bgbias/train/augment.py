@@ -3,15 +3,17 @@
 Report 000's colour / mean / other-image / photo backgrounds and paper 001's
 Mixed-Rand (another sample's background) as one transform:
 
-    aug = BackgroundSwap(families={"color": 0.3, "texture": 0.3, "other_sample": 0.4}, p=0.8, seed=0)
+    aug = BackgroundSwap(families="bank", p=0.8, seed=0)          # or {"color": 0.3, "texture": 0.7}
     image, mask = aug(tv_tensors.Image(img), tv_tensors.Mask(m))     # torchvision v2, one pair
     x = aug.batch(images, masks, labels)                              # a whole batch, on its device
 
-Families (keys of ``families``, weights are normalised):
-    ``color``                 a uniformly random RGB colour per sample
-    ``color:<c>``, ``mean``, ``mean_color``, ``texture:<name>[:param]``, ``photos:DIR``
-                              any background family of :mod:`bgbias.synth.backgrounds` (``mean*`` need :meth:`fit`)
-    ``texture``               one of stripes, board, border, circles, clock, noise, uniformly
+Families: one spec (:func:`bgbias.synth.bank.parse_bank`), default ``"bank"``: every texture with random
+parameters, multi-scale smooth / fractal / pixel noise, gradients, random colours and other images'
+backgrounds; weights with ``=W`` (``"texture:*=2,noise,photos:DIR"``; a group's weight is shared by its
+members). Leaves:
+    ``color:random`` (= ``color``), ``color:<c>``, ``mean``, ``mean_color``, ``texture:<name>[:param|*]``,
+    ``noise:<kind>``, ``gradient:<kind>``, ``photos:DIR`` (random crops)
+                              any background family of :mod:`bgbias.synth.backgrounds` / ``bank`` (``mean*`` need :meth:`fit`)
     ``other_sample``          another sample's background (Mixed-Rand on the fly)
     ``same_class``            ... of a sample of the same class (Mixed-Same); none in the batch -> any other sample
     ``next_class``            ... of class ``(y+1) mod C`` (Mixed-Next); absent -> the next class present
@@ -41,30 +43,28 @@ from torchvision.transforms import v2
 from bgbias.core.compose import compose
 from bgbias.core.seeding import derive_seed
 
-TEXTURES = ("stripes", "board", "border", "circles", "clock", "noise")
 PARTNERS = {"other_sample": "mixed_rand", "same_class": "mixed_same", "next_class": "mixed_next"}
 """Batch-partner families and the IN-9 variant each one imitates (used for ``families_seen``)."""
+DEFAULT_FAMILIES = ("bank",)
 
 
 def parse_families(families: Mapping[str, float] | Sequence[str] | str) -> dict[str, float]:
-    """``"color,mean"`` / ``["color", "mean"]`` (equal weights) / ``{"color": 0.3}`` -> normalised dict."""
-    if isinstance(families, str):
-        families = [f for f in families.split(",") if f.strip()]
-    if not isinstance(families, Mapping):
-        families = {str(f).strip(): 1.0 for f in families}
-    out = {str(k).strip(): float(v) for k, v in families.items()}
-    if not out or any(v < 0 for v in out.values()) or sum(out.values()) <= 0:
-        raise ValueError(f"families must be a non-empty set of names with non-negative weights, got {families!r}.")
-    total = sum(out.values())
-    return {k: v / total for k, v in out.items() if v > 0}
+    """``"bank"`` / ``"color,mean"`` / ``["texture:*=2", "noise"]`` / ``{"color": 0.3}`` -> normalised ``{leaf: w}``."""
+    from bgbias.synth.bank import parse_bank
+
+    return parse_bank(families)
 
 
-def families_seen(families: Iterable[str]) -> list[str]:
-    """Variant-style names of what training showed (``texture`` expands; partners map to ``mixed_*``)."""
+def families_seen(families: Iterable[str] | Mapping[str, float] | str) -> list[str]:
+    """Variant-style names of what training showed: leaves of the spec, ``texture:K:*`` -> ``texture:K``
+    (marks every ``texture_K*`` variant), ``color:random`` -> ``color`` (every ``color_*``), partners -> ``mixed_*``."""
     seen: list[str] = []
-    for f in families:
-        names = [f"texture:{t}" for t in TEXTURES] if f == "texture" else [PARTNERS.get(f, f)]
-        seen += [n for n in names if n not in seen]
+    for f in parse_families(families):
+        if f.startswith("texture:") and f.endswith(":*"):
+            f = f[:-2]
+        name = "color" if f == "color:random" else PARTNERS.get(f, f)
+        if name not in seen:
+            seen.append(name)
     return seen
 
 
@@ -128,7 +128,7 @@ class BackgroundSwap(v2.Transform):
     Batched: :meth:`batch`, where partners come from the same batch.
     """
 
-    def __init__(self, families: Mapping[str, float] | Sequence[str] | str = ("color", "mean", "other_sample"),
+    def __init__(self, families: Mapping[str, float] | Sequence[str] | str = DEFAULT_FAMILIES,
                  p: float = 0.8, seed: int = 0, num_classes: int | None = None, bank_size: int = 64):
         super().__init__()
         if not 0.0 <= float(p) <= 1.0:
@@ -137,18 +137,16 @@ class BackgroundSwap(v2.Transform):
         self.p, self.seed, self.num_classes = float(p), int(seed), num_classes
         self._names = list(self.families)
         self._weights = torch.tensor([self.families[n] for n in self._names], dtype=torch.float64)
-        self._backgrounds = {n: self._make_background(n) for n in self._names if n != "color" and n not in PARTNERS}
+        self._backgrounds = {n: self._make_background(n) for n in self._names if n not in PARTNERS}
         self._bank: deque[tuple[torch.Tensor, int | None]] = deque(maxlen=int(bank_size))
         self._generator: torch.Generator | None = None
         self._batch_generator: torch.Generator | None = None
 
     @staticmethod
     def _make_background(name: str) -> Any:
-        from bgbias.synth.backgrounds import create_background
+        from bgbias.synth.bank import create_bank_background
 
-        if name == "texture":
-            return [create_background(f"texture:{t}") for t in TEXTURES]
-        bg = create_background(name)
+        bg = create_bank_background(name)
         if getattr(bg, "needs_sample", False):
             raise ValueError(f"Background family {name!r} uses the sample's own pixels and cannot be swapped in; "
                              f"use other_sample, same_class or next_class.")
@@ -161,7 +159,7 @@ class BackgroundSwap(v2.Transform):
 
     def fit(self, samples: Iterable[Any]) -> "BackgroundSwap":
         """Fit the families that need a dataset pass (``mean``, ``mean_color``) on ``Sample`` objects."""
-        needs = [b for b in self._backgrounds.values() if not isinstance(b, list) and getattr(b, "needs_fit", False)]
+        needs = [b for b in self._backgrounds.values() if getattr(b, "needs_fit", False)]
         if needs:
             samples = list(samples)
             for b in needs:
@@ -171,18 +169,7 @@ class BackgroundSwap(v2.Transform):
     # -- drawing -----------------------------------------------------------------------------------------
     def _render(self, name: str, n: int, size: tuple[int, int], g: torch.Generator, device: torch.device
                 ) -> torch.Tensor:
-        if name == "color":
-            return torch.rand(n, 3, 1, 1, generator=g).to(device).expand(n, 3, *size)
-        bg = self._backgrounds[name]
-        if isinstance(bg, list):  # "texture": pick one texture per row, render each texture's rows at once
-            which = torch.randint(len(bg), (n,), generator=g)
-            out = torch.empty(n, 3, *size, device=device)
-            for k, tex in enumerate(bg):
-                rows = (which == k).nonzero().flatten()
-                if len(rows):
-                    out[rows.to(device)] = tex.render(len(rows), size, g, device).to(device, torch.float32)
-            return out
-        return bg.render(n, size, g, device).to(device, torch.float32)
+        return self._backgrounds[name].render(n, size, g, device).to(device, torch.float32)
 
     def _partners(self, kind: str, labels: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         """Index of the partner row for every row (CPU long [N]); never the row itself when N > 1."""

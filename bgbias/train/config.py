@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from bgbias.core.registry import Registry
-from bgbias.models.nets import ARCHS
+from bgbias.models.nets import ARCHS, NORMS
 
 # Recipes register themselves in bgbias.train.recipes (imported on first use).
 RECIPES: Registry = Registry("recipe", plugins=("bgbias.train.recipes",))
@@ -33,8 +33,10 @@ class TrainConfig:
     seed: int = 0
     device: str = "cpu"
     size: tuple[int, int] | None = None          # resize inputs to (H, W); None keeps the data's size
-    val_fraction: float = 0.1
-    families: tuple[str, ...] = ("color", "mean", "other_sample")   # bg-augment
+    val_fraction: float = 0.1                    # source specs only; a build dir validates on its 'val' split
+    norm: str = "batch"                          # small-cnn normalisation: batch (with --min-steps) or group
+    min_steps: int = 100                         # at least this many optimiser steps (smaller batches, more passes)
+    families: tuple[str, ...] = ("bank",)        # bg-augment: background spec (bgbias.synth.bank), FAMILY[=W],...
     p: float = 0.8                               # bg-augment: chance a sample's background is swapped
     true_masks: bool = False                     # adversarial: use the data's masks instead of f_m
     clean_epochs: int | None = None              # adversarial stage 1 (None -> epochs)
@@ -44,6 +46,8 @@ class TrainConfig:
     brightness: float | None = 0.5               # adversarial: L_BA limit on mean(b); None disables
     clean_fraction: float = 0.2                  # adversarial: share of each batch left clean
     replay: int = 2048                           # adversarial: past generated backgrounds kept for replay
+    adv_bank: float = 0.5                        # adversarial: share of backgrounds drawn from --families' bank
+    gen_every: int = 2                           # adversarial: generator step every N batches
     resume: bool = False                         # continue from OUT/last.pt (config must match)
 
     def validate(self) -> "TrainConfig":
@@ -55,6 +59,10 @@ class TrainConfig:
             raise ValueError(f"Unknown optimizer {self.optimizer!r}; valid: {', '.join(OPTIMIZERS)}.")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"Unknown schedule {self.schedule!r}; valid: {', '.join(SCHEDULES)}.")
+        if self.norm not in NORMS:
+            raise ValueError(f"Unknown normalisation {self.norm!r}; valid: {', '.join(NORMS)}.")
+        if int(self.min_steps) < 0:
+            raise ValueError(f"--min-steps must be >= 0, got {self.min_steps}.")
         if self.threshold not in ("quantile", "otsu"):
             raise ValueError(f"Unknown threshold {self.threshold!r}; valid: quantile, otsu.")
         for name in ("epochs", "batch_size", "mask_epochs"):
@@ -67,6 +75,9 @@ class TrainConfig:
         if not 0.0 <= self.clean_fraction <= 1.0 or self.replay < 0:
             raise ValueError(f"--clean-fraction must be in [0, 1] and --replay >= 0, got {self.clean_fraction} "
                              f"and {self.replay}.")
+        if not 0.0 <= self.adv_bank <= 1.0 or self.gen_every < 1:
+            raise ValueError(f"--adv-bank must be in [0, 1] and --gen-every >= 1, got {self.adv_bank} and "
+                             f"{self.gen_every}.")
         if not 0.0 < self.area < 1.0:
             raise ValueError(f"--area must be in (0, 1), got {self.area}.")
         return self

@@ -95,4 +95,12 @@ def _adversarial() -> Recipe:
 
     return Recipe(phases=lambda cfg: [("clean", cfg.epochs if cfg.clean_epochs is None else cfg.clean_epochs),
                                        ("adversarial", cfg.epochs)],
-                  augment=adversarial_augment, seen=lambda cfg: ["adversarial"])
+                  augment=adversarial_augment, seen=_adversarial_seen)
+
+
+def _adversarial_seen(cfg: TrainConfig) -> list[str]:
+    """The generator's backgrounds, plus the bank's families when ``--adv-bank`` mixes them in."""
+    from bgbias.train.augment import families_seen
+
+    bank = [f for f in families_seen(cfg.families) if not f.startswith("mixed_")] if cfg.adv_bank > 0 else []
+    return ["adversarial", *bank]
