@@ -171,7 +171,7 @@ def bench_real(root: Path, workers: int, limit: int | None = None) -> None:
 SETTINGS = [("grabcut (full resolution)", dict()),
             ("grabcut work 200, no refine", dict(work_side=200)),
             ("grabcut work 200 + guided", dict(work_side=200, refine="guided")),
-            ("grabcut work 300 + guided (grabcut-fast)", dict(work_side=300, refine="guided"))]
+            ("grabcut work 300 + guided (grabcut_fast)", dict(work_side=300, refine="guided"))]
 
 
 def bench_settings(root: Path, every: int) -> None:

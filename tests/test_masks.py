@@ -89,8 +89,8 @@ def count_grabcut(monkeypatch):
 
 
 def test_registry_lists_every_method():
-    assert list_mask_methods() == ["given", "grabcut", "grabcut-fast", "model", "threshold"]
-    with pytest.raises(ValueError, match="valid: given, grabcut, grabcut-fast, model, threshold"):
+    assert list_mask_methods() == ["given", "grabcut", "grabcut_fast", "model", "threshold"]
+    with pytest.raises(ValueError, match="valid: given, grabcut, grabcut_fast, model, threshold"):
         create_mask_method("grabcat")
 
 
@@ -109,7 +109,7 @@ def test_grabcut_recovers_known_object_on_clutter():
 def test_working_resolution_grabcut_is_full_size_and_as_good():
     """GrabCut on a shrunk photo, brought back and refined with a guided filter: full-size {0,1} masks about as
     close to the truth as full-resolution GrabCut, deterministic, and a different cache key."""
-    fast = create_mask_method("grabcut-fast", work_side=100)
+    fast = create_mask_method("grabcut_fast", work_side=100)
     full, quick = [], []
     for s in range(6):
         img, truth, box = scene(s, 240, 320)
@@ -122,7 +122,7 @@ def test_working_resolution_grabcut_is_full_size_and_as_good():
     assert fast.params() != create_mask_method("grabcut").params()
     assert "work_side" not in create_mask_method("grabcut").params()      # existing caches stay valid
     with pytest.raises(ValueError, match="work_side"):
-        create_mask_method("grabcut-fast", work_side=8)
+        create_mask_method("grabcut_fast", work_side=8)
 
 
 def test_grabcut_is_deterministic_and_uses_several_boxes():

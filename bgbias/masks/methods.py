@@ -126,13 +126,13 @@ class GrabCutMask(MaskMethod):
                                   self.retries, self.seed, self.work_side, self.refine)
 
 
-@MASK_METHODS.register("grabcut-fast")
+@MASK_METHODS.register("grabcut_fast")
 class FastGrabCutMask(GrabCutMask):
     """GrabCut at a working resolution (longer side ``work_side``, default 200 px), the mask brought back to
     full size and refined at the boundary with a guided filter on the full-resolution photo (see
     :func:`guided_refine`); several times faster than full-resolution GrabCut (``bench/masks.py``)."""
 
-    name = "grabcut-fast"
+    name = "grabcut_fast"
 
     def __init__(self, work_side: int | str = 200, refine: str = "guided", **kw):
         super().__init__(work_side=work_side, refine=refine, **kw)
