@@ -1,6 +1,7 @@
 """Benchmark of GrabCut-from-box masks: speed (1 vs 2 workers), GrabCut calls of the IN-9 recipe, real-data IoU.
 
-Run from the repo root:  python bench/masks.py [--realmasks ../shared/data/realmasks] [--n 24]
+Run from the repo root:  python bench/masks.py [--realmasks ../shared/data/realmasks] [--n 24] [--only-settings]
+0. speed / mean IoU per GrabCut setting (full resolution, working resolution, guided-filter refinement);
 1. masks/s at ImageNet-like size (400x500) on generated scenes, 1 and 2 worker processes;
 2. the IN-9 recipe (``imagenet:`` source: one box, centre-crop rules) calls cv2.grabCut once per kept
    image and never for dropped ones (the published generator ran it twice per image);
@@ -167,6 +168,35 @@ def bench_real(root: Path, workers: int, limit: int | None = None) -> None:
           f"{s['mean_area_fraction']}, drops {s['drops_by_rule']} (no true masks to score)")
 
 
+SETTINGS = [("grabcut (full resolution)", dict()),
+            ("grabcut work 200, no refine", dict(work_side=200)),
+            ("grabcut work 200 + guided", dict(work_side=200, refine="guided")),
+            ("grabcut work 300 + guided (grabcut_fast)", dict(work_side=300, refine="guided"))]
+
+
+def bench_settings(root: Path, every: int) -> None:
+    """Speed / IoU per GrabCut setting on every ``every``-th real photo (tight box from the manifest), 1 process."""
+    if not (root / "manifest.csv").is_file():
+        print(f"settings: {root} not found; skipped")
+        return
+    rows = list(csv.DictReader(open(root / "manifest.csv")))[::every]
+    photos = [(masks.cv2.cvtColor(masks.cv2.imread(str(root / r["image"])), masks.cv2.COLOR_BGR2RGB),
+               read_mask(root / r["mask"]) > 0.5, tuple(int(v) for v in r["bbox"].split())) for r in rows]
+    print(f"settings on {len(photos)} real photos (every {every}th; box = tight box of the true mask; 1 process):")
+    base = None
+    for name, kw in SETTINGS:
+        t, ious = time.perf_counter(), []
+        for img, truth, box in photos:
+            try:
+                m = masks.grabcut_from_boxes(img, (box,), **kw) > 0.5
+            except masks.BadSample:
+                m = np.zeros_like(truth)
+            ious.append(_iou(m, truth))
+        rate = len(photos) / (time.perf_counter() - t)
+        base = base or rate
+        print(f"  {name:42s} {rate:6.2f} photos/s ({rate / base:5.1f}x full)  mean IoU {np.mean(ious):.3f}")
+
+
 def _grabcut_all(src, workers: int, indices: list[int] | None = None) -> dict:
     """GrabCut for every item (or ``indices``) in a pool; returns {index: bool mask | drop reason}."""
     with tempfile.TemporaryDirectory() as d:
@@ -193,7 +223,12 @@ def main() -> None:
     p.add_argument("--skip-real", action="store_true")
     p.add_argument("--skip-speed", action="store_true")
     p.add_argument("--limit", type=int, help="real data: score only this many photos (spread over the classes)")
+    p.add_argument("--settings-every", type=int, default=12, help="settings table: every k-th real photo")
+    p.add_argument("--only-settings", action="store_true")
     a = p.parse_args()
+    bench_settings(a.realmasks.resolve(), a.settings_every)
+    if a.only_settings:
+        return
     if not a.skip_speed:
         bench_speed(a.n)
         with tempfile.TemporaryDirectory() as tmp:

@@ -243,3 +243,63 @@ def test_normalised_and_resized_pipeline_equals_exhaustive(tmp_path, size):
                                for bg in bgs)
     r = run(root, model, preprocess="in9", size=size, active=4, pool_bytes=0 if size else 1 << 30)
     assert verdicts(r, root) == truth
+
+
+@pytest.mark.parametrize("seed", [0, 3])
+def test_top_fooling_rates_are_exact_on_the_subset(tmp_path, seed):
+    """Rates reused from the search plus measured pairs equal a brute-force count on the same subset."""
+    from bgbias.audit.challenge import ChallengeConfig as Cfg, prepare
+
+    root = L.random_layout(tmp_path / "d", n_per_class=7, seed=seed)
+    model = random_cnn(seed)
+    r = run(root, model, top_k=3, fool_subset=12, active=4)
+    sub = prepare(Cfg(model="test:model", data=str(root), device="cpu", progress=False, top_k=3, fool_subset=12),
+                  LoadedModel(model, "test:model")).sub
+    fgs = list_items(root, "original")
+    bgs = {b.id: b for b in list_items(root, "only_bg_t")}
+    load = lambda p: torch.from_numpy(read_image(p).copy()).permute(2, 0, 1).float() / 255  # noqa: E731
+    assert r["top_fooling"]
+    for name, tops in r["top_fooling"].items():
+        c = r["classes"].index(name)
+        others = [fgs[i] for i in sub if fgs[i].label != c]
+        for t in tops:
+            b = load(bgs[t["background"]].path)
+            with torch.no_grad():
+                wrong = [int(model((b * (1 - m) + load(f.path) * m)[None]).argmax(1)) != f.label
+                         for f in others for m in [torch.from_numpy(read_mask(find_mask(root, f)))]]
+            assert t["n_tested"] == len(others) and t["fool_rate"] == pytest.approx(np.mean(wrong))
+    assert r["analysis_forwards"] <= r["analysis_forwards_bound"]
+    assert r["lower_bound_forwards"] <= r["forwards"] <= r["exhaustive_forwards"]
+
+
+def test_shards_give_the_single_process_verdicts_and_resume(tmp_path):
+    root = L.random_layout(tmp_path / "d", n_per_class=7, seed=12)
+    model = random_cnn(12)
+    one = run(root, model, active=4)
+    out = tmp_path / "s.json"
+    sharded = run(root, model, out=out, active=4, shards=3)
+    assert verdicts(sharded, root) == verdicts(one, root)
+    assert sharded["per_class"] == one["per_class"]
+    assert not list(tmp_path.glob("s.json.state*"))
+    # a worker that died after finishing shard 0: its saved state is reused, the others are searched again
+    from bgbias.audit.challenge import prepare
+    from bgbias.audit.challenge_shards import _init, _shard, shard_paths
+
+    cfg = ChallengeConfig(model="test:model", data=str(root), progress=False, device="cpu", active=4, shards=3)
+    st = prepare(cfg, LoadedModel(model, "test:model"))
+    path = shard_paths(Path(str(out) + ".state"), 3)[0]
+    _init(LoadedModel(model, "test:model"), st.pool.decoded)
+    done = _shard((cfg, 0, 3, path, f"{st.fp}/shard0of3"))
+    assert path.is_file() and done["done"]
+    again = run(root, model, out=out, active=4, shards=3)
+    assert verdicts(again, root) == verdicts(one, root) and not path.exists()
+
+
+@pytest.mark.slow
+def test_two_local_processes_and_ray_give_identical_verdicts(tmp_path):
+    root = L.random_layout(tmp_path / "d", n_per_class=5, seed=13)
+    model = random_cnn(13)
+    one = verdicts(run(root, model), root)
+    assert verdicts(run(root, model, devices=("cpu", "cpu")), root) == one
+    pytest.importorskip("ray")
+    assert verdicts(run(root, model, executor="ray", devices=("cpu", "cpu")), root) == one

@@ -89,8 +89,8 @@ def count_grabcut(monkeypatch):
 
 
 def test_registry_lists_every_method():
-    assert list_mask_methods() == ["given", "grabcut", "model", "threshold"]
-    with pytest.raises(ValueError, match="valid: given, grabcut, model, threshold"):
+    assert list_mask_methods() == ["given", "grabcut", "grabcut_fast", "model", "threshold"]
+    with pytest.raises(ValueError, match="valid: given, grabcut, grabcut_fast, model, threshold"):
         create_mask_method("grabcat")
 
 
@@ -104,6 +104,25 @@ def test_grabcut_recovers_known_object_on_clutter():
         box_ious.append(iou(masks._box_region((box,), *truth.shape), truth))
     assert np.mean(ious) >= 0.8
     assert np.mean(ious) > np.mean(box_ious) + 0.1   # better than taking the box itself as the mask
+
+
+def test_working_resolution_grabcut_is_full_size_and_as_good():
+    """GrabCut on a shrunk photo, brought back and refined with a guided filter: full-size {0,1} masks about as
+    close to the truth as full-resolution GrabCut, deterministic, and a different cache key."""
+    fast = create_mask_method("grabcut_fast", work_side=100)
+    full, quick = [], []
+    for s in range(6):
+        img, truth, box = scene(s, 240, 320)
+        m = fast(Sample(img, None, 0, "x", (box,)))
+        assert m.dtype == np.float32 and m.shape == truth.shape and set(np.unique(m)) <= {0.0, 1.0}
+        assert np.array_equal(m, fast(Sample(img, None, 0, "x", (box,))))
+        quick.append(iou(m > 0.5, truth))
+        full.append(iou(grabcut_from_boxes(img, (box,)) > 0.5, truth))
+    assert np.mean(quick) >= np.mean(full) - 0.03 and np.mean(quick) >= 0.8
+    assert fast.params() != create_mask_method("grabcut").params()
+    assert "work_side" not in create_mask_method("grabcut").params()      # existing caches stay valid
+    with pytest.raises(ValueError, match="work_side"):
+        create_mask_method("grabcut_fast", work_side=8)
 
 
 def test_grabcut_is_deterministic_and_uses_several_boxes():

@@ -27,6 +27,7 @@ from bgbias.core.io import atomic_write_bytes
 from bgbias.core.seeding import numpy_rng
 
 UNKNOWN, ROBUST, FOOLED, SKIPPED = -1, 0, 1, -2      # per-foreground verdicts
+NOT_SCORED = -3                                       # sub_pred of a pair the search did not score
 
 
 
@@ -75,8 +76,14 @@ def load_state(path: Path, fp: str) -> dict[str, Any] | None:
 
 
 def start_state(path: Path | None, fp: str, n_fg: int, n_classes: int, n_bg: int,
-                seed: int) -> dict[str, Any]:
-    """The state saved at ``path`` (it must match ``fp``) when there is one, else a fresh search with nothing decided."""
+                seed: int, sub: np.ndarray | None = None, queue: np.ndarray | None = None) -> dict[str, Any]:
+    """The state saved at ``path`` (it must match ``fp``) when there is one, else a fresh search with nothing decided.
+
+    ``sub`` is the fixed foreground subset of the top-fooling analysis: the search keeps every prediction on
+    those foregrounds (``sub_pred``, -3 = not scored) so the analysis measures only what it does not know.
+    A resumed state whose subset differs (``--fool-subset`` changed) keeps its verdicts and forgets those.
+    """
+    sub = np.zeros(0, np.int64) if sub is None else np.asarray(sub, np.int64)
     s = load_state(path, fp) if path else None
     if s is None:
         s = {"fingerprint": fp, "verdict": np.full(n_fg, UNKNOWN, np.int8),
@@ -84,7 +91,14 @@ def start_state(path: Path | None, fp: str, n_fg: int, n_classes: int, n_bg: int
              "fool_conf": np.zeros(n_fg, np.float32), "clean_pred": np.full(n_fg, -3, np.int64),
              "count": np.zeros((n_classes, n_bg), np.int64), "active": [], "tried": np.zeros((0, n_bg), dtype=bool),
              "next_fg": 0, "forwards": 0, "clean_forwards": 0, "skipped": [], "rounds": 0,
-             "shuffle": numpy_rng(seed, "challenge-order").permutation(n_bg)}
+             "shuffle": numpy_rng(seed, "challenge-order").permutation(n_bg),
+             # the margin model: sums/counts of margin changes per (fg class, background), prediction error
+             "dsum": np.zeros((n_classes, n_bg), np.float64), "dcnt": np.zeros((n_classes, n_bg), np.int64),
+             "clean_margin": np.zeros(n_fg, np.float64), "res_sum": np.zeros(0, np.float64),
+             "err2": 0.0, "err_n": 0,
+             "queue": np.arange(n_fg, dtype=np.int64) if queue is None else np.asarray(queue, np.int64)}
+    if "sub" not in s or not np.array_equal(s["sub"], sub):
+        s["sub"], s["sub_pred"] = sub, np.full((len(sub), n_bg), NOT_SCORED, np.int16)
     s["skipped"] = list(s["skipped"])
     s["active"] = [int(a) for a in s["active"]]
     return s

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ._model_options import add_model_arguments, model_kwargs
+from ._model_options import add_model_arguments, model_kwargs, split_list
 
 
 def challenge_command(args: argparse.Namespace) -> int:
@@ -14,7 +14,12 @@ def challenge_command(args: argparse.Namespace) -> int:
     check_writable(args.out)   # before the compute, not after it
 
     kw = {k: v for k, v in dict(max_backgrounds=args.max_backgrounds, top_k=args.top_k, fool_subset=args.fool_subset,
-                                state=args.state, active=args.active).items() if v is not None}
+                                state=args.state, active=args.active, shards=args.shards,
+                                executor=args.executor).items() if v is not None}
+    if args.devices:
+        kw["devices"] = tuple(split_list(args.devices))
+    if args.amp:
+        kw["amp"] = True
     result = run_challenge(ChallengeConfig(**model_kwargs(args), **kw), out=args.out)
     write_json(args.out, result)
     print(format_summary(result))
@@ -45,8 +50,16 @@ def register(sub) -> None:
                    help="search a seeded random subset of K backgrounds (an estimate, marked exhaustive: false)")
     p.add_argument("--top-k", type=int, default=None, help="top fooling backgrounds reported per class (default 5)")
     p.add_argument("--fool-subset", type=int, default=None,
-                   help="foregrounds in the fixed subset the fool rates are measured on (default 200)")
-    p.add_argument("--active", type=int, default=None, help="foregrounds searched at once (default 128)")
+                   help="foregrounds in the fixed subset the fool rates are measured on (default min(200, max(50, N/4)))")
+    p.add_argument("--active", type=int, default=None, help="foregrounds searched at once (default 512)")
+    p.add_argument("--shards", type=int, default=None,
+                   help="split the foregrounds into N shards searched by separate workers (same verdicts)")
+    p.add_argument("--executor", choices=("local", "ray"), default=None,
+                   help="where shard workers run: local processes (default) or a Ray cluster")
+    p.add_argument("--devices", default=None,
+                   help="comma-separated devices, one shard worker each (e.g. cuda:0,cuda:1); default --device")
+    p.add_argument("--amp", action="store_true",
+                   help="mixed precision on GPU; fooling pairs re-checked in fp32, disagreements counted in 'amp'")
     p.add_argument("--state", default=None,
                    help="resume file (default: OUT.state), saved every 60 s or 256 foregrounds and on "
                         "SIGTERM/SIGINT (Ctrl-C); rerun the same command to resume; deleted when the run completes")

@@ -32,20 +32,23 @@ def check_executor(executor: str) -> None:
 
 def map_ordered(fn: Callable[[Any], Any], tasks: Sequence[Any], *, initializer: Callable[..., None],
                 initargs: tuple = (), workers: int = 1, executor: str = "local",
-                preload: str | None = None, chunksize: int = 1) -> Iterator[Any]:
+                preload: str | None = None, chunksize: int = 1,
+                ray_remote_args: dict[str, Any] | None = None) -> Iterator[Any]:
     """``fn(task)`` for every task, yielded in task order.
 
     workers <= 1 runs in this process (its torch/OpenCV thread counts are put
     back afterwards). Local pools use forkserver: a plain fork after OpenCV or
     torch started threads can hang; ``preload`` names the module the server
     imports once. ``chunksize`` tasks travel to a worker together (for many
-    small tasks). On Ctrl-C or an error, queued tasks are dropped.
+    small tasks). On Ctrl-C or an error, queued tasks are dropped. ``ray_remote_args`` go to every Ray
+    actor (e.g. ``{"num_gpus": 1}``: one GPU per worker).
     """
     check_executor(executor)
     if executor == "ray":
         from ray.util.multiprocessing import Pool as RayPool
 
-        with RayPool(processes=max(1, workers), initializer=initializer, initargs=initargs) as pool:
+        with RayPool(processes=max(1, workers), initializer=initializer, initargs=initargs,
+                     ray_remote_args=ray_remote_args) as pool:
             yield from pool.imap(fn, tasks, chunksize=chunksize)
         return
     if workers <= 1 or len(tasks) <= 1:

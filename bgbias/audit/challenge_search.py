@@ -1,0 +1,336 @@
+"""The search of ``bgbias challenge``: the background pool, one foreground's tensors, and the learned early-exit search.
+
+Why it stays exact: a foreground is declared fooled only on an observed wrong
+prediction and robust only after every pool background was tried; ordering,
+step sizes and batching only change *when* we find out.
+
+How it gets near the exact lower bound (one forward per fooled foreground plus
+the whole pool per robust one):
+
+- every scored composite teaches a *margin model*: the margin (true-class score
+  minus the best other score, in dataset classes) moves by ``delta(f, b)``
+  from the clean image's margin. Per foreground class y and background b the
+  search keeps the sum and count of deltas; its estimate ``est[y, b]`` shrinks
+  the pair's mean towards the mean of (class y, class of b) plus b's own offset
+  seen on all classes. Backgrounds are tried in ascending ``est[y, b]`` (the
+  most margin-lowering first), ties: other classes' backgrounds before y's,
+  then a seeded shuffle;
+- a foreground's predicted margin on its next background is its clean margin
+  plus ``est`` plus its own mean residual. When that is within
+  ``2 sigma`` (sigma: the running error of the prediction) of a wrong answer it
+  tries one background per round (a fooled foreground then wastes only the
+  backgrounds ranked before its first fooling one); when it looks safely robust
+  it tries 1.5x more per round (<= ``max_step``): robust foregrounds need the
+  whole pool anyway;
+- each round is padded to a whole number of batches with the next backgrounds
+  of the most robust-looking foregrounds, and up to ``active`` foregrounds are
+  searched at once (after a slow start), so forward passes stay full.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from bgbias.audit.challenge_state import FOOLED, ROBUST, SKIPPED, UNKNOWN
+from bgbias.audit.core import Audit, ImageFiles, collate_by_size
+from bgbias.core.compose import compose
+
+SHRINK = 1.0          # pseudo-count pulling a pair's mean delta towards its class-pair estimate
+FOOL_WEIGHT = 4.0     # weight of the log fool rate against the margin estimate in the background order
+SLOW_DONE, SLOW_ROUNDS = 1.0, 4   # slow start: active <= 1 + SLOW_DONE x finished + rounds // SLOW_ROUNDS
+THOMPSON = 1.0       # Beta posterior concentration multiplier of the Thompson draw (higher = less spread)
+SAFE_Z = 2.0          # predicted margin above SAFE_Z sigmas -> the foreground looks robust: grow its step
+
+
+class Pool:
+    """The background pool, preprocessed once: float ``[N, 3, H, W]`` on the device, or uint8 when too big."""
+
+    def __init__(self, audit: Audit, paths: list, batch_size: int, workers: int, pool_bytes: int, progress: bool,
+                 raw: tuple[list[torch.Tensor], list[tuple[int, str]], list[int]] | None = None):
+        self.audit = audit
+        if raw is None:
+            raw = read_pool(paths, batch_size, workers, progress)
+        self.decoded = raw                                        # kept for shard workers (sent once each)
+        self.raw, self.bad, keep = list(raw[0]), list(raw[1]), list(raw[2])
+        order = np.argsort(keep, kind="stable")
+        self.index = np.asarray(keep, dtype=np.int64)[order]     # pool row -> position in `paths`
+        self.raw = [self.raw[i] for i in order]
+        if not self.raw:
+            raise ValueError("No readable only_bg_t background in the pool.")
+        sizes = {tuple(t.shape[-2:]) for t in self.raw}
+        if audit.preprocess.size is None and len(sizes) > 1:
+            raise ValueError(f"Backgrounds differ in size ({sorted(sizes)[:3]}); pass --size H W to resize them.")
+        first = self.prep(self.raw[0][None])
+        self.shape = tuple(first.shape[-2:])
+        need = len(self.raw) * first[0].numel() * 4
+        self.dense = None
+        if need <= pool_bytes:
+            self.dense = torch.cat([self.prep(torch.stack(self.raw[i:i + batch_size])) if len(sizes) == 1
+                                    else self.prep(self.raw[i][None])
+                                    for i in range(0, len(self.raw), batch_size if len(sizes) == 1 else 1)])
+            self.raw = []
+        else:
+            self.raw_t = torch.stack(self.raw) if len(sizes) == 1 else None
+
+    def prep(self, images: torch.Tensor) -> torch.Tensor:
+        return self.audit.preprocess(images.to(self.audit.device))
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def get(self, rows: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """Preprocessed backgrounds for pool rows (identical values whichever storage is used)."""
+        if self.dense is not None:
+            return self.dense[torch.as_tensor(rows, device=self.dense.device)]
+        if self.raw_t is not None:
+            return self.prep(self.raw_t[torch.as_tensor(rows)])
+        return torch.cat([self.prep(self.raw[int(r)][None]) for r in rows])
+
+
+def read_pool(paths: list, batch_size: int, workers: int, progress: bool):
+    """Decode the pool once: (uint8 images, bad (index, reason), kept indices); shipped as is to shard workers."""
+    raw, bad, keep = [], [], []
+    loader = DataLoader(ImageFiles(paths), batch_size=batch_size, num_workers=workers, collate_fn=collate_by_size)
+    for groups, b in tqdm(loader, desc="backgrounds", disable=not progress, leave=False):
+        bad.extend(b)
+        for images, idx in groups:
+            raw.extend(images)
+            keep.extend(idx.tolist())
+    return raw, bad, keep
+
+
+def prep_fg(audit: Audit, img: torch.Tensor, mask: torch.Tensor, shape) -> tuple[torch.Tensor, torch.Tensor]:
+    x = audit.preprocess(img[None].to(audit.device))[0]
+    m = mask[None, None].to(audit.device, torch.float32)
+    if tuple(m.shape[-2:]) != tuple(x.shape[-2:]):      # the image's own geometry (resize, centre crop)
+        m = audit.preprocess.resize(m, "bilinear").clamp_(0, 1)
+    if tuple(x.shape[-2:]) != tuple(shape):
+        raise ValueError(f"A foreground is {x.shape[-1]}x{x.shape[-2]} but the backgrounds are {shape[1]}x{shape[0]}; "
+                         "pass --size H W so both are resized to the model input.")
+    return x, m[0]
+
+
+class Search:
+    """The early-exit, learned-order, batched search; its whole state is ``self.s`` (saved for resume)."""
+
+    def __init__(self, audit: Audit, pool: Pool, fg_labels: np.ndarray, bg_labels: np.ndarray, cfg: Any,
+                 state: dict[str, Any]):
+        self.audit, self.pool, self.cfg, self.s = audit, pool, cfg, state
+        self.fg_labels, self.bg_labels = fg_labels, bg_labels
+        self.n_classes = int(state["dsum"].shape[0])
+        self.tensors: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.members: torch.Tensor | None = None
+        self.sub_row = {int(f): r for r, f in enumerate(state["sub"])}
+        self.bg_onehot = np.eye(self.n_classes)[bg_labels]                 # [n_bg, C]
+        cuda = audit.device.type == "cuda"
+        self.amp = bool(getattr(cfg, "amp", False)) and cuda
+        self.channels_last = cuda and getattr(cfg, "channels_last", True)
+        if self.channels_last:
+            audit.model.module.to(memory_format=torch.channels_last)
+
+    # -- scoring ---------------------------------------------------------------------------------------------
+    def _member(self, k: int) -> torch.Tensor:
+        """``[K_model, C]`` bool: model class i means dataset class c (built once)."""
+        if self.members is None:
+            table = self.audit.label_map.table
+            m = torch.zeros(k, self.n_classes, dtype=torch.bool)
+            for i in range(k):
+                c = i if table is None else table[i]
+                if 0 <= c < self.n_classes:
+                    m[i, c] = True
+            self.members = m.to(self.audit.device)
+        return self.members
+
+    def score(self, x: torch.Tensor, y: np.ndarray, fp32: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Composites ``x`` with true classes ``y`` -> (dataset predictions, confidences, margins) as numpy."""
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        ctx = torch.autocast(self.audit.device.type) if self.amp and not fp32 else contextlib.nullcontext()
+        with ctx:
+            logits = self.audit.logits(x)
+        logits = logits.float()
+        mk = self._member(logits.shape[1])[:, torch.as_tensor(y, device=logits.device)].T
+        true = logits.masked_fill(~mk, float("-inf")).amax(1)
+        other = logits.masked_fill(mk, float("-inf")).amax(1)
+        margin = torch.nan_to_num(true - other, nan=0.0, posinf=1e9, neginf=-1e9)
+        return (self.audit.label_map.predict(logits).cpu().numpy(), logits.softmax(-1).max(-1).values.cpu().numpy(),
+                margin.cpu().numpy())
+
+    def forward(self, fg_slots: list[int], rows: np.ndarray, fp32: bool = False):
+        """Composite foreground ``fg_slots[i]`` with pool row ``rows[i]`` -> (preds, confidences, margins)."""
+        out = [], [], []
+        bs = self.cfg.batch_size
+        for i in range(0, len(rows), bs):
+            fgs = torch.stack([self.tensors[f][0] for f in fg_slots[i:i + bs]])
+            ms = torch.stack([self.tensors[f][1] for f in fg_slots[i:i + bs]])
+            for o, v in zip(out, self.score(compose(fgs, self.pool.get(rows[i:i + bs]), ms),
+                                            self.fg_labels[np.asarray(fg_slots[i:i + bs], dtype=np.int64)], fp32)):
+                o.append(v)
+        return tuple(np.concatenate(o) if o else np.zeros(0) for o in out)
+
+    # -- the margin model ------------------------------------------------------------------------------------
+    def estimates(self) -> np.ndarray:
+        """``est[y, b]``: expected margin change of a class-y foreground on background b (see module doc)."""
+        dsum, dcnt = self.s["dsum"], self.s["dcnt"].astype(np.float64)
+        gs, gn = dsum @ self.bg_onehot, dcnt @ self.bg_onehot                  # [C, C] per (fg class, bg class)
+        g = np.divide(gs, gn, out=np.zeros_like(gs), where=gn > 0)[:, self.bg_labels]
+        resid = (dsum - dcnt * g).sum(0) / (dcnt.sum(0) + 1.0)
+        return (dsum + SHRINK * (g + resid)) / (dcnt + SHRINK)
+
+    def sigma(self) -> float:
+        n = self.s["err_n"]
+        return float(np.sqrt(self.s["err2"] / n)) if n >= 4 else float("inf")
+
+    def rank_parts(self, est: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The background order's two terms, lower = try first: the margin estimate in units of its spread, and
+        ``FOOL_WEIGHT`` x minus the log of the fool rate, here as Beta(alpha, beta) over class-y fools / tries
+        with a prior of strength 1 at the background's rate over all classes.
+
+        Margins alone learn slowly when nearly every foreground is fooled at once (few composites per class);
+        fool counts alone ignore how close the robust tries came. Their mix was best on the bench's three models.
+        """
+        cnt, tries = self.s["count"].astype(np.float64), self.s["dcnt"].astype(np.float64)
+        q = (cnt.sum(0) + 1.0) / (tries.sum(0) + 2.0)
+        alpha, beta = cnt + q, tries - cnt + (1.0 - q)
+        seen = tries > 0
+        spread = float(np.sqrt(np.mean((self.s["dsum"][seen] / tries[seen]) ** 2))) if seen.any() else 1.0
+        return est / max(spread, 1e-9), alpha, beta
+
+    def orders(self, parts, classes: set[int]) -> dict[int, np.ndarray]:
+        """Per class, the order by the mean fool rate (shared by the foregrounds that look robust)."""
+        m, alpha, beta = parts
+        score = m - FOOL_WEIGHT * np.log(alpha / (alpha + beta))
+        return {y: np.lexsort((self.s["shuffle"], self.bg_labels == y, score[y])) for y in classes}
+
+    def sampled_order(self, parts, y: int, f: int, n_tried: int) -> np.ndarray:
+        """Thompson sampling: the order for one foreground with fool rates drawn from their Beta posteriors.
+
+        Foregrounds of one class searched at the same time would otherwise all try the same uncertain
+        backgrounds in the same order; drawing spreads them while a clearly fooling background stays first.
+        The draw is seeded by (seed, foreground, backgrounds tried), so a resumed run draws the same.
+        """
+        m, alpha, beta = parts
+        rng = np.random.default_rng([int(self.cfg.seed), int(f), int(n_tried)])
+        p = np.maximum(rng.beta(alpha[y] * THOMPSON, beta[y] * THOMPSON), 1e-12)
+        return np.lexsort((self.s["shuffle"], self.bg_labels == y, m[y] - FOOL_WEIGHT * np.log(p)))
+
+    # -- one round -------------------------------------------------------------------------------------------
+    def round(self) -> int:
+        """Try the next backgrounds for every active foreground; returns how many foregrounds finished."""
+        s, n_bg, bs = self.s, len(self.pool), self.cfg.batch_size
+        active = list(s["active"])
+        est = self.estimates()
+        parts = self.rank_parts(est)
+        orders = self.orders(parts, {int(self.fg_labels[f]) for f in active})
+        sig = self.sigma()
+        cands, z, want = [], np.zeros(len(active)), np.zeros(len(active), dtype=np.int64)
+        for a, f in enumerate(active):
+            y, tried = int(self.fg_labels[f]), s["tried"][a]
+            o = orders[y]
+            cand = o[~tried[o]]
+            n_t = int(tried.sum())
+            pred = s["clean_margin"][f] + est[y, cand[0]] + s["res_sum"][a] / (n_t + 1.0)
+            z[a] = pred / sig if np.isfinite(sig) and sig > 0 else 0.0
+            if z[a] < SAFE_Z:
+                o = self.sampled_order(parts, y, f, n_t)
+                cand = o[~tried[o]]
+            want[a] = 1 if z[a] < SAFE_Z else min(max(1, n_t // 2), self.cfg.max_step)
+            cands.append(cand)
+        want = np.minimum(want, [len(c) for c in cands])
+        full = len(active) >= self.cfg.active or s["next_fg"] >= len(s["queue"])
+        pad = (-int(want.sum())) % bs if full else 0          # never pad the slow start
+        for a in np.argsort(-z, kind="stable"):                 # fill the last batch with the most robust-looking
+            if pad <= 0 or z[a] < SAFE_Z:
+                break
+            extra = min(pad, len(cands[a]) - int(want[a]))
+            want[a] += extra
+            pad -= extra
+        slots, rows, spans = [], [], []
+        for a, f in enumerate(active):
+            cand = cands[a][:want[a]]
+            spans.append((len(rows), len(rows) + len(cand)))
+            slots.extend([f] * len(cand))
+            rows.extend(cand.tolist())
+        rows_a, slots_a = np.asarray(rows, dtype=np.int64), np.asarray(slots, dtype=np.int64)
+        preds, confs, margins = self.forward(slots, rows_a)
+        s["forwards"] += len(rows_a)
+        s["rounds"] += 1
+        ys = self.fg_labels[slots_a]
+        wrong = preds != ys
+        delta = margins.astype(np.float64) - s["clean_margin"][slots_a]
+        resid = delta - est[ys, rows_a]
+        s["err2"] += float((resid ** 2).sum())
+        s["err_n"] += len(resid)
+        np.add.at(s["dsum"], (ys, rows_a), delta)
+        np.add.at(s["dcnt"], (ys, rows_a), 1)
+        np.add.at(s["count"], (ys[wrong], rows_a[wrong]), 1)
+        self._record_subset(slots_a, rows_a, preds)
+        keep_a, done = [], 0
+        for a, (f, (lo, hi)) in enumerate(zip(active, spans)):
+            s["tried"][a, rows_a[lo:hi]] = True
+            s["res_sum"][a] += resid[lo:hi].sum()
+            hit = np.flatnonzero(wrong[lo:hi])
+            if hit.size:
+                j = lo + int(hit[0])
+                s["verdict"][f], s["fool_bg"][f] = FOOLED, rows_a[j]
+                s["fool_pred"][f], s["fool_conf"][f] = preds[j], confs[j]
+            elif s["tried"][a].all():
+                s["verdict"][f] = ROBUST
+            else:
+                keep_a.append(a)
+                continue
+            done += 1
+            if int(f) not in self.sub_row:
+                self.tensors.pop(int(f), None)
+        s["active"] = [active[a] for a in keep_a]
+        s["tried"] = s["tried"][keep_a] if keep_a else np.zeros((0, n_bg), dtype=bool)
+        s["res_sum"] = s["res_sum"][keep_a]
+        return done
+
+    def _record_subset(self, slots: np.ndarray, rows: np.ndarray, preds: np.ndarray) -> None:
+        """Keep every prediction on a fool-subset foreground: the top-fooling analysis reuses them."""
+        if not self.sub_row:
+            return
+        r = np.array([self.sub_row.get(int(f), -1) for f in slots], dtype=np.int64)
+        k = r >= 0
+        self.s["sub_pred"][r[k], rows[k]] = preds[k]
+
+    def fill(self, it, skipped: list, paths: list) -> None:
+        """Activate queued foregrounds (load, preprocess, one clean forward each).
+
+        Slow start: at most ``1 + finished + rounds`` (<= ``active``) at once, so the first foregrounds run
+        nearly one by one and teach the margin model before many run in parallel.
+        """
+        s, new = self.s, []
+        cap = min(self.cfg.active, 1 + int(SLOW_DONE * (s["verdict"] != UNKNOWN).sum()) + int(s["rounds"] // SLOW_ROUNDS))
+        while len(s["active"]) < cap and s["next_fg"] < len(s["queue"]):
+            img, mask, i, reason = next(it)
+            s["next_fg"] += 1
+            if img is None:
+                s["verdict"][i] = SKIPPED
+                skipped.append({"path": str(paths[i]), "variant": "original", "reason": reason})
+                continue
+            self.tensors[i] = prep_fg(self.audit, img, mask, self.pool.shape)
+            s["active"].append(i)
+            s["tried"] = np.concatenate([s["tried"], np.zeros((1, len(self.pool)), dtype=bool)])
+            s["res_sum"] = np.concatenate([s["res_sum"], np.zeros(1)])
+            new.append(i)
+        for j in range(0, len(new), self.cfg.batch_size):
+            chunk = new[j:j + self.cfg.batch_size]
+            p, _, m = self.score(torch.stack([self.tensors[f][0] for f in chunk]), self.fg_labels[chunk])
+            s["clean_pred"][chunk] = p
+            s["clean_margin"][chunk] = m
+            s["clean_forwards"] += len(chunk)
+
+
+def lower_bound(verdict: np.ndarray, n_bg: int) -> int:
+    """The exact lower bound of any exact search: one forward per fooled foreground, the pool per robust one."""
+    return int((verdict == FOOLED).sum() + (verdict == ROBUST).sum() * n_bg)
+
+
+__all__ = ["Pool", "Search", "prep_fg", "read_pool", "lower_bound", "SKIPPED"]
