@@ -149,7 +149,7 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict[str, Any]:
                                 f"class-correlated backgrounds (rho={cfg.rho:g})")
     train_variants = ("original", "mixed_rand") if cfg.mitigation == "mixed-rand" else ("original",)
     build(SubsetSource(base, train_idx), data_root / "train",
-          BuildConfig(variants=train_variants, seed=cfg.seed, spurious=cfg.rho), workers=cfg.workers,
+          BuildConfig(variants=train_variants, seed=cfg.seed, spurious=cfg.rho, holdout=0.1), workers=cfg.workers,
           progress=progress)
     stages.start("build_test", f"building the test set: {len(test_idx)} images x {len(cfg.variants)} variants")
     test_dir = data_root / "test"

@@ -39,6 +39,7 @@ def test_layout_and_manifest(built):
                            "no_fg", "only_bg_b", "only_bg_t", "only_fg", "original", "texture_stripes_8"])
     assert m == json.loads((out / "manifest.json").read_text())
     assert m["counts"] == {"total": 60, "kept": 60, "dropped": 0, "missing_variant_images": 0, "by_reason": {}}
+    assert m["splits"] == {"val": 60} and set(m["split_of"].values()) == {"val"}, "no --holdout: all val, as before"
     assert m["tool"] == "bgbias" and m["seed"] == 0 and m["config"]["variants"][-1] == "mean"
     assert m["classes"][3] == "three" and m["source"]["n"] == 60
     for name, v in m["variants"].items():
@@ -137,17 +138,32 @@ def test_bad_inputs_are_skipped_counted_and_named(bad_folder, tmp_path):
 
     m = build(create_source(f"folder:{images}", masks=str(masks)), tmp_path / "o",
               BuildConfig(variants=("in9",)), progress=False)
-    why = {d["id"]: (d["stage"], d["reason"]) for d in m["dropped"]}
-    assert why["cat/notes.txt"] == ("scan", "not an image file (.txt)")
-    assert why["cat_corrupt"][0] == "load" and "unreadable image" in why["cat_corrupt"][1]
-    assert why["dog_wrong_size"][0] == "load" and "differs from image size" in why["dog_wrong_size"][1]
-    assert why["dog_empty_mask"] == ("mask", "mask is empty (no foreground pixels)")
-    assert why["bird_full_mask"] == ("mask", "mask covers the whole image (no background pixels)")
-    assert why["bird_no_mask"][0] == "load"
+    why = {d["id"]: (d["stage"], d["rule"]) for d in m["dropped"]}
+    assert why["cat/notes.txt"] == ("scan", "not_an_image")
+    assert why["cat_corrupt"] == ("load", "image_unreadable") and "unreadable image" in _reason(m, "cat_corrupt")
+    assert why["dog_wrong_size"] == ("load", "mask_size") and "differs from image size" in _reason(m, "dog_wrong_size")
+    assert why["dog_empty_mask"] == ("mask", "mask_empty")
+    assert why["bird_full_mask"] == ("mask", "mask_full")
+    assert why["bird_no_mask"] == ("load", "mask_missing")
+    # every reason carries its real values, never a placeholder
+    assert "bird/no_mask.png" in _reason(m, "bird_no_mask") and str(masks) in _reason(m, "bird_no_mask")
+    assert _values(m, "bird_no_mask")["file"] == "bird/no_mask.png"
+    assert _values(m, "dog_empty_mask") == {"fraction": 0.0, "size": "44x36"}
+    assert _values(m, "bird_full_mask")["fraction"] == 1.0
+    assert not any("<" in d["reason"] for d in m["dropped"])
+    assert m["counts"]["by_reason"]["mask_missing"] == 1
     kept = {s["id"] for s in m["samples"]}
     assert {"cat_mode_L", "cat_mode_RGBA", "cat_mode_P", "cat_mode_16bit"} <= kept
     assert m["counts"]["kept"] == 16 and m["counts"]["dropped"] == 6 and sum(m["counts"]["by_reason"].values()) == 6
     assert _png(tmp_path / "o" / "original" / "val" / "01_cat" / "cat_mode_16bit.png").shape == (36, 44, 3)
+
+
+def _reason(m, sid):
+    return next(d["reason"] for d in m["dropped"] if d["id"] == sid)
+
+
+def _values(m, sid):
+    return next(d["values"] for d in m["dropped"] if d["id"] == sid)
 
 
 def test_hostile_class_names_never_escape_out(tmp_path):

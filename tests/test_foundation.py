@@ -138,7 +138,7 @@ def test_checkpoint_round_trip_and_refusal(tmp_path):
 
 
 def test_arch_registry_lists_and_builds():
-    assert "small-cnn" in list_archs() and "resnet18" in list_archs("resnet*")
+    assert "small_cnn" in list_archs() and "resnet18" in list_archs("resnet*")
     assert create_arch("resnet18", num_classes=3).eval()(torch.rand(1, 3, 32, 32)).shape == (1, 3)
 
 

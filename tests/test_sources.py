@@ -64,7 +64,8 @@ def test_folder_source_with_masks(image_folder):
 def test_folder_bad_inputs_are_converted_or_explained(bad_folder):
     images, masks = bad_folder
     src = create_source(f"folder:{images}", masks=str(masks))
-    assert {d["path"]: d["reason"] for d in src.scan_dropped} == {"cat/notes.txt": "not an image file (.txt)"}
+    assert {d["path"]: (d["rule"], d["reason"]) for d in src.scan_dropped} == {
+        "cat/notes.txt": ("not_an_image", "not an image file (.txt)")}
     reasons = {}
     for i, sid in enumerate(src.ids()):
         try:

@@ -8,7 +8,7 @@ import pytest
 
 PKG = Path(__file__).resolve().parents[1] / "bgbias"
 # Each stage may import only the stages listed before it (the pipeline, read top to bottom).
-LAYERS = ["core", "models", "masks", "sources", "synth", "audit", "train", "report", "demo", "cli"]
+LAYERS = ["core", "models", "masks", "sources", "synth", "audit", "train", "report", "api", "demo", "cli"]
 
 
 def _modules() -> dict[str, Path]:

@@ -93,19 +93,21 @@ def _write_build_dir(root: Path, d: TrainData) -> None:
     from bgbias.core.io import write_npy, write_png
     from bgbias.core.layout import class_dirname
 
-    for i in range(len(d.labels)):
-        cls = class_dirname(int(d.labels[i]), d.classes[int(d.labels[i])], len(d.classes))
-        for variant in ("original", "mixed_rand"):
-            img = d.images[i].permute(1, 2, 0).numpy()
-            write_png(root / variant / "val" / cls / f"{d.ids[i]}.png", img if variant == "original" else 255 - img)
-        write_npy(root / "fg_mask" / "val" / cls / f"{d.ids[i]}.npy", d.masks[i].numpy().astype(np.float32) / 255)
+    for split in ("train", "val"):          # training reads 'train' and validates on 'val'
+        for i in range(len(d.labels)):
+            cls = class_dirname(int(d.labels[i]), d.classes[int(d.labels[i])], len(d.classes))
+            for variant in ("original", "mixed_rand"):
+                img = d.images[i].permute(1, 2, 0).numpy()
+                write_png(root / variant / split / cls / f"{d.ids[i]}.png", img if variant == "original" else 255 - img)
+            write_npy(root / "fg_mask" / split / cls / f"{d.ids[i]}.npy",
+                      d.masks[i].numpy().astype(np.float32) / 255)
     (root / "manifest.json").write_text("{}")
 
 
 def test_mixed_rand_reads_the_build_dir_variant(digits, tmp_path):
     d = subset(digits, 60)
     _write_build_dir(tmp_path / "build", d)
-    loaded = load_data(str(tmp_path / "build"), "mixed_rand")
+    loaded = load_data(str(tmp_path / "build"), "mixed_rand", split="train")
     assert len(loaded.labels) == 60 and loaded.masks is not None
     assert torch.equal(loaded.images.sort(0).values, (255 - d.images).sort(0).values)
     metrics = train(TrainConfig(recipe="mixed-rand", data=str(tmp_path / "build"), out=str(tmp_path / "mr"),

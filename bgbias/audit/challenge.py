@@ -41,6 +41,7 @@ resumes and gives the identical result; the file is removed when done
 from __future__ import annotations
 
 import os
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -68,10 +69,13 @@ from bgbias.audit.core import (
     ImageFiles,
     collate_by_size,
     foreground_items,
+    overlap_with_training,
     open_audit,
 )
+from bgbias.audit.mask_check import check_masks
 from bgbias.core.compose import compose
 from bgbias.core.layout import list_items
+from bgbias.core.record import build_record
 from bgbias.core.seeding import numpy_rng
 from bgbias.models.load import LoadedModel
 
@@ -150,9 +154,8 @@ class Pool:
 def _prep_fg(audit: Audit, img: torch.Tensor, mask: torch.Tensor, shape) -> tuple[torch.Tensor, torch.Tensor]:
     x = audit.preprocess(img[None].to(audit.device))[0]
     m = mask[None, None].to(audit.device, torch.float32)
-    if tuple(m.shape[-2:]) != tuple(x.shape[-2:]):
-        m = torch.nn.functional.interpolate(m, size=tuple(x.shape[-2:]), mode="bilinear", align_corners=False,
-                                            antialias=True).clamp_(0, 1)
+    if tuple(m.shape[-2:]) != tuple(x.shape[-2:]):      # the image's own geometry (resize, centre crop)
+        m = audit.preprocess.resize(m, "bilinear").clamp_(0, 1)
     if tuple(x.shape[-2:]) != tuple(shape):
         raise ValueError(f"A foreground is {x.shape[-1]}x{x.shape[-2]} but the backgrounds are {shape[1]}x{shape[0]}; "
                          "pass --size H W so both are resized to the model input.")
@@ -311,9 +314,12 @@ def run_challenge(cfg: ChallengeConfig, out: str | os.PathLike | None = None, lo
         if v < 1:
             raise ValueError(f"{name} must be >= 1, got {v}.")
     audit = open_audit(cfg, loaded)
-    fg_items, masks = foreground_items(data)
+    fg_items, masks = foreground_items(data, cfg.split)
+    mask_check = check_masks(masks)
+    if mask_check["warning"]:
+        print(f"warning: {mask_check['warning']}", file=sys.stderr)
     try:
-        bg_items = list_items(data, "only_bg_t")
+        bg_items = list_items(data, "only_bg_t", cfg.split)
     except ValueError:
         raise ValueError(f"The challenge needs the only_bg_t variant as its background pool; {data} has none.") \
             from None
@@ -385,7 +391,11 @@ def run_challenge(cfg: ChallengeConfig, out: str | os.PathLike | None = None, lo
         "fool_subset_size": int(min(cfg.fool_subset, n)),
         "forwards": int(s["forwards"]), "clean_forwards": int(s["clean_forwards"]),
         "analysis_forwards": int(analysis_forwards), "exhaustive_forwards": n * n_bg,
-        "seconds": round(time.time() - t0, 3), "skipped": skipped + s["skipped"],
+        "seconds": round(time.time() - t0, 3), "skipped": skipped + s["skipped"], "split": cfg.split,
+        "overlap_with_training": overlap_with_training(audit, [it.id for it in fg_items], cfg.split),
+        "masks": mask_check,
+        "record": build_record(audit.model.files, audit.model.module, audit.device, cfg.seed, data,
+                               audit.preprocess.to_dict()),
     }
     if state_path and state_path.is_file():
         state_path.unlink()

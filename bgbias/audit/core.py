@@ -1,9 +1,12 @@
-"""core: split from the former bgbias.audit.evaluate."""
+"""What every audit shares: config, model + preprocessing + label map, batched prediction, bootstrap, the split
+read (``val`` by default) and the check that it holds no training image of the model."""
 from __future__ import annotations
 
+import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 import torch
@@ -18,9 +21,10 @@ from bgbias.core.layout import (
     list_classes,
     list_items,
     list_variant_dirs,
+    require_split,
 )
 from bgbias.core.sample import BadSample
-from bgbias.models.labelmap import LabelMap, load_label_map
+from bgbias.models.labelmap import LabelMap, resolve_label_map
 from bgbias.models.load import (
     LoadedModel,
     Preprocess,
@@ -46,8 +50,11 @@ class AuditConfig:
     std: tuple[float, ...] | None = None
     size: tuple[int, ...] | None = None
     trust: bool = False
+    download_weights: bool = False        # timm / hf / clip: fetch pretrained weights (offline by default)
+    prompts: str | None = None            # clip: prompt templates file (default: the ImageNet templates)
     seed: int = 0
     progress: bool = True
+    split: str = "val"                    # which split of the layout to read
 
 
 @dataclass
@@ -82,16 +89,21 @@ def open_audit(cfg: AuditConfig, loaded: LoadedModel | None = None) -> Audit:
     data = Path(cfg.data)
     if not data.is_dir():
         raise ValueError(f"Data folder {data} does not exist; expected the IN-9 layout <variant>/val/<NN_class>/.")
-    present = list_variant_dirs(data)
+    if not list_variant_dirs(data):
+        raise ValueError(f"{data} has no variant folders (<variant>/<split>/<NN_class>/); is it a bgbias build output?")
+    present = list_variant_dirs(data, cfg.split)
     if not present:
-        raise ValueError(f"{data} has no variant folders (<variant>/val/<NN_class>/); is it a bgbias build output?")
+        require_split(data, cfg.split)
     classes = list_classes(data, "original" if "original" in present else present[0])
-    lm = loaded or load_model(cfg.model, weights=cfg.weights, trust=cfg.trust)
-    default = lm.preprocess or (make_preprocess("imagenet") if cfg.model.startswith("torchvision:") else None)
-    pp = make_preprocess(cfg.preprocess, cfg.mean, cfg.std, cfg.size, default=default)
+    lm = loaded or load_model(cfg.model, weights=cfg.weights, trust=cfg.trust, download=cfg.download_weights,
+                              prompts=cfg.prompts, class_names=classes)
+    pp = make_preprocess(cfg.preprocess, cfg.mean, cfg.std, cfg.size, default=lm.preprocess)
     dev = resolve_device(cfg.device)
     lm.to(dev)
-    return Audit(lm, pp, load_label_map(cfg.label_map), dev, classes)
+    label_map, note = resolve_label_map(cfg.label_map, classes, lm.classes, lm.num_outputs)
+    if note:
+        print(note, file=sys.stderr)
+    return Audit(lm, pp, label_map, dev, classes)
 
 
 def chw(image: np.ndarray) -> torch.Tensor:
@@ -157,16 +169,33 @@ def bootstrap_ci(values: np.ndarray, rng: np.random.Generator, n_boot: int = 100
     return [float(lo), float(hi)]
 
 
-def foreground_items(data: Path) -> tuple[list[Item], list[Path]]:
-    """Original images with their ``fg_mask`` files; names must match (one clear error if they don't)."""
-    items = list_items(data, "original")
+def foreground_items(data: Path, split: str = "val") -> tuple[list[Item], list[Path]]:
+    """Original images of ``split`` with their ``fg_mask`` files; names must match (one clear error if they don't)."""
+    items = list_items(data, "original", split)
     masks = [find_mask(data, it) for it in items]
     missing = [it for it, m in zip(items, masks) if not m.is_file()]
     if missing:
         ex = missing[0]
-        raise ValueError(f"{len(missing)} of {len(items)} images in {data}/original have no mask in "
-                         f"{MASK_DIR}/val (e.g. {ex.path.parent.name}/{ex.id}.npy); image and mask names must match.")
+        raise ValueError(f"{len(missing)} of {len(items)} images in {data}/original/{split} have no mask in "
+                         f"{MASK_DIR}/{split} (e.g. {ex.path.parent.name}/{ex.id}.npy); image and mask names must match.")
     return items, masks
+
+
+def overlap_with_training(audit: Audit, ids: Iterable[str], split: str) -> int | None:
+    """How many evaluated ids the model was trained on (its checkpoint's ``train_ids``); None when unknown.
+
+    Warns when any: those images score what the model memorised, not what it learned.
+    """
+    train_ids = audit.model.meta.get("train_ids") if audit.model.meta else None
+    if train_ids is None:
+        return None
+    ids = set(ids)
+    n = len(ids & set(train_ids))
+    if n:
+        warnings.warn(f"{n} of the {len(ids)} images evaluated (split {split!r}) were in the model's training set; "
+                      "their accuracy measures memory, not generalisation. Evaluate the 'val' split of a build made "
+                      "with --holdout, or a build of other images.", stacklevel=2)
+    return n
 
 
 class ForegroundFiles(Dataset):

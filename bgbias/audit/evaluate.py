@@ -16,12 +16,12 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from bgbias.audit.core import AuditConfig, bootstrap_ci, open_audit, predict_paths
-from bgbias.core.layout import Item, list_items, list_variant_dirs, sanitize_name
+from bgbias.audit.core import AuditConfig, bootstrap_ci, open_audit, overlap_with_training, predict_paths
+from bgbias.core.layout import SIGNAL_GROUPS, Item, list_items, list_variant_dirs, sanitize_name
+from bgbias.core.record import build_record
 from bgbias.core.seeding import numpy_rng
 from bgbias.models.load import LoadedModel
 
-SIGNAL_GROUPS = ("fg+bg+", "fg+bg-", "fg-bg+", "fg-bg-")
 
 
 _MIXED_FAMILIES = {"mixed", "mixed_rand", "mixed_same", "mixed_next", "other_sample", "other", "rand", "same", "next"}
@@ -107,13 +107,14 @@ def signal_groups(fg: dict, bg: dict, classes: list[str]) -> dict[str, Any]:
     return {"counts": counts, "per_class": per_class, "n": sum(counts.values())}
 
 
-def resolve_variants(data: Path, variants: Sequence[str] | None) -> list[str]:
-    present = list_variant_dirs(data)
+def resolve_variants(data: Path, variants: Sequence[str] | None, split: str = "val") -> list[str]:
+    present = list_variant_dirs(data, split)
     if not variants or list(variants) == ["all"]:
         return present
     missing = [v for v in variants if v not in present]
     if missing:
-        raise ValueError(f"Variant {missing[0]!r} is missing from {data}; present: {', '.join(present)}.")
+        raise ValueError(f"Variant {missing[0]!r} is missing from {data} (split {split!r}); "
+                         f"present: {', '.join(present)}.")
     return list(variants)
 
 
@@ -123,14 +124,16 @@ def evaluate(config: EvalConfig, loaded: LoadedModel | None = None) -> dict[str,
     data = Path(config.data)
     audit = open_audit(config, loaded)
     families = audit.model.families_seen
-    variants = resolve_variants(data, config.variants)
-    result: dict[str, Any] = {"kind": "bgbias-eval/1", "model": config.model, "data": str(data),
+    variants = resolve_variants(data, config.variants, config.split)
+    result: dict[str, Any] = {"kind": "bgbias-eval/1", "model": config.model, "data": str(data), "split": config.split,
                               "config": asdict(config), "preprocess": audit.preprocess.to_dict(),
                               "label_map": audit.label_map.name, "classes": audit.classes, "variants": {},
                               "families_seen": families, "skipped": []}
     keyed: dict[str, dict] = {}
+    seen_ids: set[str] = set()
     for v in variants:
-        items = list_items(data, v)
+        items = list_items(data, v, config.split)
+        seen_ids.update(it.id for it in items)
         if not items:
             raise ValueError(f"Variant {v!r} in {data} has no images.")
         if max(it.label for it in items) >= len(audit.classes):
@@ -148,6 +151,9 @@ def evaluate(config: EvalConfig, loaded: LoadedModel | None = None) -> dict[str,
                                config.n_bootstrap) if "mixed_same" in keyed and "mixed_rand" in keyed else None)
     result["signal_groups"] = (signal_groups(keyed["only_fg"], keyed["only_bg_t"], audit.classes)
                                if "only_fg" in keyed and "only_bg_t" in keyed else None)
+    result["overlap_with_training"] = overlap_with_training(audit, seen_ids, config.split)
+    result["record"] = build_record(audit.model.files, audit.model.module, audit.device, config.seed, data,
+                                    result["preprocess"])
     result["seconds"] = round(time.time() - t0, 3)
     return result
 
@@ -171,6 +177,8 @@ def format_table(result: dict[str, Any]) -> str:
     if sg:
         rows.append("signal groups (only_fg x only_bg_t): "
                     + ", ".join(f"{k} {v}" for k, v in sg["counts"].items()))
+    if result.get("overlap_with_training"):
+        rows.append(f"warning: {result['overlap_with_training']} evaluated images were in the model's training set")
     if result.get("skipped"):
         rows.append(f"skipped {len(result['skipped'])} unreadable image(s); see 'skipped' in the JSON")
     return "\n".join(rows)

@@ -10,14 +10,41 @@ from __future__ import annotations
 import argparse
 import importlib
 import pkgutil
+import re
 import sys
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Every option shows its default; descriptions keep their line breaks but lose reST markup."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default in (None, False, argparse.SUPPRESS) or "%(default)" in text or "default:" in text:
+            return text
+        return super()._get_help_string(action)
+
+    def _format_text(self, text: str) -> str:
+        return super()._format_text(plain(text))
+
+
+def plain(text: str) -> str:
+    """Docstring markup to terminal text: ``code`` -> code, :func:`x.y` -> y."""
+    text = re.sub(r":\w+:`~?(?:[\w.]*\.)?([^`]+)`", r"\1", text)
+    return text.replace("``", "")
+
+
+class Parser(argparse.ArgumentParser):
+    """Every ``bgbias`` parser: defaults shown, markup stripped."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The full parser, or with ``command`` one naming a command module, only that command's."""
-    parser = argparse.ArgumentParser(
-        prog="bgbias", description="Measure and remove background reliance in image classifiers.")
-    sub = parser.add_subparsers(title="commands", metavar="COMMAND")
+    parser = Parser(prog="bgbias", description="Measure and remove background reliance in image classifiers.")
+    sub = parser.add_subparsers(title="commands", metavar="COMMAND", parser_class=Parser)
     names = sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_"))
     for name in [command] if command in names else names:
         module = importlib.import_module(f"{__name__}.{name}")
@@ -34,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     if not hasattr(args, "func"):
         parser.print_help()
         return 1
+    if hasattr(args, "quiet") and not sys.stderr.isatty():
+        args.quiet = True       # progress bars on a terminal only; a log file gets one line per stage
     try:
         rc = args.func(args)
     except (ValueError, TypeError, FileNotFoundError) as e:

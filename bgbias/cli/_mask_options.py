@@ -37,7 +37,7 @@ def add_mask_arguments(parser: Any) -> None:
                       help="use the union of all boxes (default except imagenet)")
     g.add_argument("--crop-rules", dest="crop_rules", action="store_true", default=None,
                    help="IN-9 rule: drop boxes covering > 90%% of the centre crop or < 50%% inside it (imagenet default)")
-    g.add_argument("--no-crop-rules", dest="crop_rules", action="store_false")
+    g.add_argument("--no-crop-rules", dest="crop_rules", action="store_false", help="keep boxes the crop rules would drop")
     g.add_argument("--mask-cache", metavar="DIR", help="mask cache folder (default $BGBIAS_CACHE/masks or "
                                                        "~/.cache/bgbias/masks); 'none' disables it")
 

@@ -19,6 +19,9 @@ def _source(args):
 
 
 def build_command(args) -> int:
+    import sys
+    import warnings
+
     from bgbias.synth.build import BuildConfig, build, parse_size
     from bgbias.synth.spurious import DEFAULT_SPURIOUS_FAMILIES
 
@@ -26,14 +29,20 @@ def build_command(args) -> int:
         if args.spurious_families else DEFAULT_SPURIOUS_FAMILIES
     config = BuildConfig(variants=tuple(v.strip() for v in args.variants.split(",") if v.strip()),
                          seed=args.seed, size=parse_size(args.size), spurious=args.spurious,
-                         spurious_families=families)
-    manifest = build(_source(args), args.out, config, workers=args.workers, executor=args.executor,
-                     progress=not args.quiet)
+                         spurious_families=families, holdout=args.holdout, image_format=args.image_format,
+                         mask_threshold=0.5 if args.binary_masks and args.mask_threshold is None else args.mask_threshold)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)
+        manifest = build(_source(args), args.out, config, workers=args.workers, executor=args.executor,
+                         progress=not args.quiet)
     c = manifest["counts"]
-    print(f"wrote {len(manifest['variants'])} variants of {c['kept']} images to {args.out} "
+    splits = ", ".join(f"{k} {n}" for k, n in manifest["splits"].items())
+    print(f"wrote {len(manifest['variants'])} variants of {c['kept']} images ({splits}) to {args.out} "
           f"({c['dropped']} dropped, {c['missing_variant_images']} variant images missing; see manifest.json)")
-    for reason, k in c["by_reason"].items():
-        print(f"  {k:6d}  {reason}")
+    for row in manifest["drop_summary"]:
+        print(f"  {row['count']:6d}  {row['rule']}  e.g. {row['example']}")
+    for w in caught:
+        print(f"bgbias: warning: {w.message}", file=sys.stderr)
     return 0
 
 
@@ -43,8 +52,9 @@ def register(sub) -> None:
     from bgbias.synth.variants import list_variants
 
     p = sub.add_parser("build", help="build IN-9-style background variants of a dataset",
-                       description="Write OUT/<variant>/val/<NN_class>/<id>.png, OUT/fg_mask/val/... and "
-                                   "OUT/manifest.json. Rerun the same command to resume a killed build.")
+                       description="Write OUT/<variant>/<split>/<NN_class>/<id>.png, OUT/fg_mask/<split>/... and "
+                                   "OUT/manifest.json, split 'train' and/or 'val' (the source's own split, else "
+                                   "--holdout F, else all 'val'). Rerun the same command to resume a killed build.")
     p.add_argument("source", help=f"data source: {', '.join(list_sources())} (e.g. digits, digits:64, "
                                   "mnist:DIR, folder:DIR, in9:DIR)")
     p.add_argument("--out", required=True, help="output folder (new, or a previous build of the same command)")
@@ -54,6 +64,9 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed for pairing, textures and photos (default 0)")
     p.add_argument("--size", default="none",
                    help="HxW: resize shorter side then centre crop (e.g. 224x224); 'none' keeps each image's size")
+    p.add_argument("--holdout", type=float, metavar="F",
+                   help="put a fraction F of each class in 'val' and the rest in 'train' (stratified, chosen from "
+                        "the seed and ids) where the source has no split of its own; default: none, all 'val'")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                    help="worker processes (default: all cores); output bytes do not depend on it")
     p.add_argument("--executor", choices=EXECUTORS, default="local",
@@ -64,6 +77,14 @@ def register(sub) -> None:
                         "with probability RHO, a random other family otherwise; recorded in the manifest")
     p.add_argument("--spurious-families", metavar="LIST",
                    help=f"comma list of background families for --spurious (default: {','.join(DEFAULT_SPURIOUS_FAMILIES)})")
+    p.add_argument("--image-format", choices=("png", "jpeg"), default="png",
+                   help="png (lossless, default) or jpeg: the IN-9 release's .JPEG files, so its official scripts "
+                        "(in9_eval.py, challenge_eval.py) run on the build unchanged; JPEG adds compression artefacts "
+                        "(strongest at the pasted foreground's edges) that the png build does not have")
+    p.add_argument("--binary-masks", action="store_true",
+                   help="binarise masks at 0.5 for every variant and fg_mask file (the official challenge script "
+                        "casts masks to uint8, reading every soft value below 1 as background)")
+    p.add_argument("--mask-threshold", type=float, metavar="T", help="binarise masks at T instead of 0.5")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     try:

@@ -38,12 +38,12 @@ def format_summary(r: dict[str, Any]) -> str:
 def register(sub) -> None:
     p = sub.add_parser("challenge", help="backgrounds challenge: is each foreground fooled by any only_bg_t background?")
     add_model_arguments(p)
-    p.add_argument("--out", default="challenge.json")
+    p.add_argument("--out", default="challenge.json", help="result JSON to write")
     p.add_argument("--max-backgrounds", type=int, default=None,
                    help="search a seeded random subset of K backgrounds (an estimate, marked exhaustive: false)")
     p.add_argument("--top-k", type=int, default=None, help="top fooling backgrounds reported per class (default 5)")
     p.add_argument("--fool-subset", type=int, default=None,
                    help="foregrounds in the fixed subset the fool rates are measured on (default 200)")
     p.add_argument("--active", type=int, default=None, help="foregrounds searched at once (default 128)")
-    p.add_argument("--state", default=None, help="resume file (default: OUT.state); deleted when the run completes")
+    p.add_argument("--state", default=None, help="resume file (default: OUT.state), saved every 256 foregrounds or 60 s; deleted when the run completes")
     p.set_defaults(func=challenge_command)

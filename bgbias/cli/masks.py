@@ -22,5 +22,6 @@ def register(sub) -> None:
     p.add_argument("source", help="source spec, e.g. voc:DIR, imagenet:DIR, coco:ANN.json:IMAGES, folder:DIR")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes (default: all cores)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars (they are off anyway when not on a terminal)")
     add_mask_arguments(p)
     p.set_defaults(func=masks_command)

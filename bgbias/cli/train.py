@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import argparse
+import sys
+import warnings
 
 from bgbias.train.config import OPTIMIZERS, SCHEDULES, TrainConfig
 
@@ -14,37 +16,58 @@ def train_command(args: argparse.Namespace) -> int:
     from bgbias.train.loop import train
 
     families = tuple(f.strip() for f in args.families.split(",") if f.strip())
-    size = None if args.size is None else (args.size[0], args.size[-1])
+    size = args.size
     fields = {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__
               and (v is not None or k == "brightness")}
-    metrics = train(TrainConfig(**{**fields, "families": families, "size": size}), progress=not args.quiet)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)
+        metrics = train(TrainConfig(**{**fields, "families": families, "size": size}), progress=not args.quiet)
     final = ", ".join(f"{k} {v:.4f}" for k, v in metrics["final"].items() if v is not None)
+    ref = metrics.get("reference")
+    if ref:
+        final += f"; chance {ref['chance_rate']:.4f}, majority ({ref['majority_class']}) {ref['majority_rate']:.4f}"
     print(f"wrote {args.out}/model.pt and {args.out}/metrics.json ({final})")
+    for w in caught:
+        print(f"bgbias: warning: {w.message}", file=sys.stderr)
     return 0
 
 
 def register(sub) -> None:
-    from bgbias.models.nets import list_archs
-    from bgbias.train.recipes import RECIPES
+    from bgbias.cli._common import add_run_flags, registry_type, size_type
+    from bgbias.models.nets import ARCHS
+    from bgbias.train.config import RECIPES
 
     d = TrainConfig()
     p = sub.add_parser("train", help="train with a mitigation recipe (baseline, bg-augment, mixed-rand, adversarial)",
                        description=__doc__)
-    p.add_argument("--recipe", required=True, choices=RECIPES.names())
-    p.add_argument("--data", required=True, help="source spec (digits, mnist:DIR, folder:DIR, in9:DIR) or build dir")
+    p.add_argument("--recipe", required=True, type=registry_type(RECIPES), metavar="NAME",
+                   help=f"mitigation recipe: {', '.join(RECIPES.names())} ('-' or '_' alike)")
+    p.add_argument("--data", required=True,
+                   help="a build dir (trains on its 'train' split, validates on 'val'; build with --holdout F) "
+                        "or a source spec (digits, mnist:DIR, folder:DIR, in9:DIR) split by --val-fraction")
     p.add_argument("--out", required=True, help="run folder: model.pt, last.pt, metrics.json")
-    p.add_argument("--arch", default=d.arch, choices=list_archs())
-    p.add_argument("--pretrained", help="initial weights (bgbias checkpoint or state_dict file)")
-    p.add_argument("--epochs", type=int, default=d.epochs)
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--optimizer", default=d.optimizer, choices=OPTIMIZERS)
-    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    p.add_argument("--schedule", default=d.schedule, choices=SCHEDULES)
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--device", default=d.device)
-    p.add_argument("--size", type=int, nargs="+", metavar="N", help="resize inputs to H [W] (default: keep)")
-    p.add_argument("--val-fraction", type=float, default=d.val_fraction)
+    p.add_argument("--arch", default=d.arch, type=registry_type(ARCHS), metavar="NAME",
+                   help=f"architecture: {', '.join(ARCHS.names())}")
+    p.add_argument("--pretrained", metavar="FILE",
+                   help="fine-tune from local weights: a state dict (e.g. torchvision's resnet18-*.pth for "
+                        "--arch resnet18) or a bgbias checkpoint; read with weights_only, the head is re-initialised")
+    p.add_argument("--norm", default=d.norm, choices=["group", "batch"],
+                   help="small-cnn normalisation: batch (BatchNorm) or group (GroupNorm, no running statistics)")
+    p.add_argument("--min-steps", type=int, default=d.min_steps,
+                   help="at least this many optimiser steps: small sets get smaller batches (down to 16) and "
+                        "several passes per epoch (0 = off)")
+    p.add_argument("--epochs", type=int, default=d.epochs, help="training epochs")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="images per optimizer step")
+    p.add_argument("--lr", type=float, default=d.lr, help="peak learning rate")
+    p.add_argument("--optimizer", default=d.optimizer, choices=OPTIMIZERS, help="optimizer")
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay, help="L2 weight decay")
+    p.add_argument("--schedule", default=d.schedule, choices=SCHEDULES, help="learning-rate schedule")
+    p.add_argument("--seed", type=int, default=d.seed, help="seed for initialisation, batches and augmentation")
+    p.add_argument("--device", default=d.device, help="torch device (cpu, cuda, cuda:1, ...)")
+    p.add_argument("--size", type=size_type, metavar="HxW", help="resize inputs to HxW, e.g. 64x64 (default: keep)")
+    p.add_argument("--val-fraction", type=float, default=d.val_fraction,
+                   help="source specs only: the share held out for validation; a build dir trains on its "
+                        "'train' split and validates on 'val'")
     p.add_argument("--families", default=",".join(d.families),
                    help="bg-augment backgrounds, FAMILY[=WEIGHT],...: bank (default), texture:* (random parameters), "
                         "texture:NAME[:param], noise[:smooth|fractal|pixel], gradient, color:random, color:<c>, mean, "
@@ -55,13 +78,13 @@ def register(sub) -> None:
     p.add_argument("--clean-epochs", type=int, help="adversarial stage 1 epochs (default: --epochs)")
     p.add_argument("--mask-epochs", type=int, default=d.mask_epochs, help="adversarial stage 2 epochs")
     p.add_argument("--area", type=float, default=d.area, help="adversarial: area prior a")
-    p.add_argument("--threshold", default=d.threshold, choices=["quantile", "otsu"])
+    p.add_argument("--threshold", default=d.threshold, choices=["quantile", "otsu"],
+                   help="adversarial: how f_m's soft mask is cut (quantile: area a; otsu)")
     p.add_argument("--clean-fraction", type=float, default=d.clean_fraction,
                    help="adversarial: share of each batch left clean")
     p.add_argument("--brightness", type=_limit, default=d.brightness,
                    help="adversarial: L_BA limit on the mean background brightness, or 'none'")
     p.add_argument("--replay", type=int, default=d.replay, help="adversarial: past backgrounds kept for replay")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    add_run_flags(p)
     p.set_defaults(func=train_command)

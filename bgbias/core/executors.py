@@ -61,11 +61,48 @@ def map_ordered(fn: Callable[[Any], Any], tasks: Sequence[Any], *, initializer: 
     ctx = mp.get_context("forkserver")
     if preload:
         ctx.set_forkserver_preload([preload])
+    start_forkserver_outside_cwd()
     pool = ProcessPoolExecutor(min(workers, len(tasks)), mp_context=ctx, initializer=initializer, initargs=initargs)
     try:
         yield from pool.map(fn, tasks, chunksize=chunksize)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def start_forkserver_outside_cwd() -> None:
+    """Start the forkserver so that it never imports from the current directory.
+
+    The server is started as ``python -c ...``, which puts the current directory first on
+    ``sys.path``; Python < 3.12 ignores the parent's ``sys.path`` there, so a folder named
+    ``bgbias`` in the current directory (a clone, or any folder of that name) shadowed the
+    installed package in every worker. The server is started from a folder that holds nothing
+    importable, with ``PYTHONSAFEPATH`` set (no script or current directory on ``sys.path``);
+    each worker still changes back to the caller's directory, so relative paths keep working.
+    """
+    import atexit
+    import os
+    import shutil
+    import tempfile
+    from multiprocessing import forkserver
+
+    server = forkserver._forkserver
+    if server._forkserver_pid is not None:
+        pid, _ = os.waitpid(server._forkserver_pid, os.WNOHANG)
+        if not pid:
+            return                                            # already running (started here, safely)
+    cwd, safe = os.getcwd(), os.environ.get("PYTHONSAFEPATH")
+    neutral = tempfile.mkdtemp(prefix="bgbias-forkserver-")   # empty; kept while the server may still start
+    atexit.register(shutil.rmtree, neutral, True)
+    try:
+        os.chdir(neutral)
+        os.environ["PYTHONSAFEPATH"] = "1"
+        server.ensure_running()
+    finally:
+        os.chdir(cwd)
+        if safe is None:
+            os.environ.pop("PYTHONSAFEPATH", None)
+        else:
+            os.environ["PYTHONSAFEPATH"] = safe
 
 
 def progress(it: Iterable, total: int, desc: str, enabled: bool = True, unit: str = "chunk") -> Iterable:

@@ -7,13 +7,26 @@ or ``mnist:/data/mnist``; :func:`parse_spec` splits it once, for everyone.
 """
 from __future__ import annotations
 
+import difflib
 import fnmatch
 import importlib
+import inspect
 import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Generic, Iterable, TypeVar
 
 T = TypeVar("T")
+
+
+def canonical(name: str) -> str:
+    """Names accept ``-`` and ``_`` alike; ``_`` is canonical, as in the IN-9 release (``mixed_rand``)."""
+    return name.strip().replace("-", "_")
+
+
+def did_you_mean(word: str, valid: Iterable[str]) -> str:
+    """`` Did you mean 'x'?`` for a close match, else ``""``: appended to unknown-name errors."""
+    close = difflib.get_close_matches(word, list(valid), n=1, cutoff=0.6)
+    return f" Did you mean {close[0]!r}?" if close else ""
 
 
 def natural_key(name: str) -> list:
@@ -65,6 +78,8 @@ class Registry(Generic[T]):
 
     ``plugins`` are modules imported on first use so that optional families
     (e.g. annotation sources) register themselves without import cycles.
+    Names are stored canonically (``bg-augment`` -> ``bg_augment``) and looked
+    up either way.
     """
 
     kind: str
@@ -77,7 +92,7 @@ class Registry(Generic[T]):
         """Decorator: ``@REG.register("stripes", tags=["texture"])``. A duplicate name raises."""
 
         def deco(fn: Callable[..., T]) -> Callable[..., T]:
-            key = name or fn.__name__
+            key = canonical(name or fn.__name__)
             if key in self._entries:
                 raise ValueError(f"{self.kind} {key!r} is already registered.")
             doc = help or next(iter((fn.__doc__ or "").strip().splitlines()), "")
@@ -100,10 +115,16 @@ class Registry(Generic[T]):
 
     def entry(self, family: str) -> Entry[T]:
         self._load_plugins()
-        if family not in self._entries:
-            valid = ", ".join(self.names())
-            raise ValueError(f"Unknown {self.kind} {family!r}; valid: {valid}.")
-        return self._entries[family]
+        key = canonical(family)
+        if key not in self._entries:
+            valid = self.names()
+            raise ValueError(f"Unknown {self.kind} {family!r}; valid: {', '.join(valid)}.{did_you_mean(key, valid)}")
+        return self._entries[key]
+
+    def canonical(self, text: str) -> str:
+        """The spec with its family in canonical spelling (``mixed-rand`` -> ``mixed_rand``); checks it exists."""
+        spec = self.parse(text)
+        return Spec(self.entry(spec.family).name, spec.args).text
 
     def parse(self, text: str) -> Spec:
         """Parse a spec string, knowing whether its family takes a path argument."""
@@ -116,8 +137,28 @@ class Registry(Generic[T]):
         spec = self.parse(text)
         entry = self.entry(spec.family)
         kwargs = {k: v for k, v in kwargs.items() if v is not None}
+        self._check_arguments(entry, spec, kwargs)
         return entry.factory(*spec.args, **kwargs)
+
+    def _check_arguments(self, entry: Entry[T], spec: Spec, kwargs: dict[str, Any]) -> None:
+        """One sentence for a wrong keyword or too many ``:args``, instead of Python's raw TypeError."""
+        try:
+            sig = inspect.signature(entry.factory)
+        except (TypeError, ValueError):
+            return
+        params = list(sig.parameters.values())
+        if any(p.kind is p.VAR_KEYWORD for p in params):
+            return
+        names = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+        unknown = sorted(set(kwargs) - set(names))
+        if unknown:
+            raise TypeError(f"{self.kind} {entry.name!r} does not take {', '.join(map(repr, unknown))}; it takes: "
+                            f"{', '.join(names) or 'no keyword arguments'}.{did_you_mean(unknown[0], names)}")
+        positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        if not any(p.kind is p.VAR_POSITIONAL for p in params) and len(spec.args) > len(positional):
+            raise ValueError(f"{self.kind} {spec.text!r} has {len(spec.args)} ':' arguments; {entry.name!r} takes at "
+                             f"most {len(positional)} ({', '.join(p.name for p in positional) or 'none'}).")
 
     def __contains__(self, family: str) -> bool:
         self._load_plugins()
-        return family in self._entries
+        return canonical(family) in self._entries

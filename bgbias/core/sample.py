@@ -7,7 +7,9 @@ one-sentence reason; long runs catch it, count it and record it.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 
@@ -15,13 +17,52 @@ Box = tuple[int, int, int, int]
 """``(x0, y0, x1, y1)`` in pixels, 0-based, x1/y1 exclusive."""
 
 
-class BadSample(Exception):
-    """A sample that must be skipped; ``str(exc)`` is the reason recorded in the manifest."""
+_RULE_PREFIX = re.compile(r"^([a-z][a-z0-9_]*): (.+)$", re.S)
 
-    def __init__(self, reason: str, sample_id: str | None = None):
-        super().__init__(reason)
-        self.reason = reason
+
+GENERIC_RULE = "bad_sample"     # a reader's reason without a rule of its own
+
+
+@dataclass(frozen=True)
+class Drop:
+    """Why one sample was dropped: a short ``rule`` to count by, a one-sentence ``detail`` with the real
+    values in it, and those ``values`` (file, fraction, size, ...) as data, so summaries never parse text."""
+
+    rule: str
+    detail: str
+    values: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def reason(self) -> str:
+        """``rule: detail``, the text recorded in manifests (just the detail for the generic rule)."""
+        return self.detail if self.rule == GENERIC_RULE else f"{self.rule}: {self.detail}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"rule": self.rule, "reason": self.reason, "values": dict(self.values)}
+
+    @classmethod
+    def from_reason(cls, reason: str, rule: str | None = None, values: dict | None = None) -> "Drop":
+        """From a reason text; a leading ``rule: `` (as annotation readers write) becomes the rule."""
+        m = _RULE_PREFIX.match(reason)
+        if rule is None and m:
+            rule, reason = m.group(1), m.group(2)
+        return cls(rule or GENERIC_RULE, reason, dict(values or {}))
+
+
+class BadSample(Exception):
+    """A sample that must be skipped; ``.drop`` is the structured reason, ``str(exc)`` its text."""
+
+    def __init__(self, reason: "str | Drop", sample_id: str | None = None, *, rule: str | None = None,
+                 values: dict[str, Any] | None = None):
+        drop = reason if isinstance(reason, Drop) else Drop.from_reason(str(reason), rule, values)
+        super().__init__(drop.reason)
+        self.drop = drop
+        self.reason = drop.reason
         self.sample_id = sample_id
+
+    def for_id(self, sample_id: str) -> "BadSample":
+        """The same reason, attributed to ``sample_id`` (readers re-raise with their id)."""
+        return BadSample(self.drop, sample_id)
 
 
 @dataclass(frozen=True)
@@ -124,7 +165,10 @@ def to_mask(arr: np.ndarray, shape: tuple[int, int] | None = None) -> np.ndarray
 def check_mask_usable(mask: np.ndarray, min_fraction: float = 1e-4, max_fraction: float = 0.9999) -> None:
     """Raise :class:`BadSample` for an empty or all-foreground mask (no variant is meaningful)."""
     frac = float((mask > 0.5).mean()) if mask.size else 0.0
+    size = f"{mask.shape[1]}x{mask.shape[0]}" if mask.ndim == 2 else str(mask.shape)
     if frac < min_fraction:
-        raise BadSample("mask is empty (no foreground pixels)")
+        raise BadSample(f"mask is empty (no foreground pixels; {100 * frac:.3g}% of {size})", rule="mask_empty",
+                        values={"fraction": round(frac, 6), "size": size})
     if frac > max_fraction:
-        raise BadSample("mask covers the whole image (no background pixels)")
+        raise BadSample(f"mask covers the whole image (no background pixels; {100 * frac:.4g}% of {size})",
+                        rule="mask_full", values={"fraction": round(frac, 6), "size": size})

@@ -5,20 +5,27 @@ index to a dataset class index, or to -1 when the model class belongs to no
 dataset class. -1 is always counted wrong (as in the IN-9 release's
 ``in_to_in9.json``), so an ImageNet model that says "pizza" on a dog is wrong.
 
-Specs: ``imagenet-to-in9`` (built in, table from the IN-9 release),
-``identity`` (model class i is dataset class i), or a path to a JSON file
-holding either a list (``table[model_class] = dataset_class or -1``) or a dict
+Label maps are a registry (``LABEL_MAPS``; add one with ``@LABEL_MAPS.register``):
+``imagenet-to-in9`` (built in, table from the IN-9 release), ``identity``
+(model class i is dataset class i), ``by-name`` (model classes matched to the
+data's class names), ``json:FILE`` or a bare path to a JSON file holding either
+a list (``table[model_class] = dataset_class or -1``) or a dict
 ``{"<model class>": dataset_class_or_-1}`` (the release's ``in_to_in9.json``
-format; missing keys map to -1).
+format; missing keys map to -1). :func:`resolve_label_map` picks one when none
+is given: identity, unless the model's class names (or its 1000 ImageNet
+outputs on the 9 IN-9 classes) say otherwise.
 """
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from bgbias.core.registry import Registry
 
 OUTSIDE = -1
 """Dataset index of a model class that maps to no dataset class (always wrong)."""
@@ -39,7 +46,7 @@ _IMAGENET_TO_IN9 = {
     7: "365-384",
     8: "0-6, 389-397",
 }
-BUILTIN = ("imagenet-to-in9", "identity")
+BUILTIN = ("imagenet-to-in9", "identity", "by-name")
 
 
 def _ranges(text: str) -> list[int]:
@@ -65,17 +72,17 @@ class LabelMap:
     name: str
     table: tuple[int, ...] | None = None
 
-    @property
-    def num_model_classes(self) -> int | None:
-        return None if self.table is None else len(self.table)
-
     def check(self, num_outputs: int, num_classes: int) -> None:
         """Fail with one sentence when the model's output size or the targets don't fit the data."""
         if self.table is None:
             if num_outputs != num_classes:
+                hint = ("--label-map imagenet-to-in9 (an ImageNet model on IN-9 data) or a JSON map"
+                        if num_outputs == 1000 and num_classes == len(IN9_CLASSES) else
+                        "--label-map FILE.json mapping each model output to a data class (-1 = none), or a model "
+                        "trained on these classes")
                 raise ValueError(
                     f"The model has {num_outputs} outputs but the data has {num_classes} classes; the "
-                    f"'identity' label map needs them equal (use --label-map imagenet-to-in9 or a JSON map).")
+                    f"'identity' label map needs them equal (use {hint}).")
             return
         if num_outputs != len(self.table):
             raise ValueError(
@@ -107,19 +114,47 @@ class LabelMap:
         return [i for i, c in enumerate(self.table) if c == dataset_class]
 
 
-def identity() -> LabelMap:
+LABEL_MAPS: Registry[LabelMap] = Registry("label map")
+
+
+@LABEL_MAPS.register("identity")
+def identity(*, model_classes=None, data_classes=None) -> LabelMap:
+    """Model class i is dataset class i."""
     return LabelMap("identity", None)
 
 
-def load_label_map(spec: str | None) -> LabelMap:
-    """``imagenet-to-in9`` | ``identity`` | ``FILE.json`` (list or ``{"model_idx": dataset_idx}``); None = identity."""
-    if spec is None or spec == "identity":
-        return identity()
-    if spec == "imagenet-to-in9":
-        return LabelMap(spec, tuple(int(v) for v in imagenet_to_in9_table()))
-    path = Path(spec)
+@LABEL_MAPS.register("imagenet-to-in9")
+def imagenet_to_in9(*, model_classes=None, data_classes=None) -> LabelMap:
+    """ImageNet-1000 classes to the 9 IN-9 classes (the release's table; 630 classes map to none)."""
+    return LabelMap("imagenet-to-in9", tuple(int(v) for v in imagenet_to_in9_table()))
+
+
+def normalise_class_name(name: str) -> str:
+    """``Golden_Retriever`` / ``golden-retriever`` / ``golden retriever`` -> ``golden retriever``."""
+    return re.sub(r"[\s_\-]+", " ", str(name)).strip().lower()
+
+
+@LABEL_MAPS.register("by-name")
+def by_name(*, model_classes=None, data_classes=None) -> LabelMap:
+    """Each model class to the dataset class of the same (normalised) name, others to none."""
+    if not model_classes or not data_classes:
+        raise ValueError("Label map 'by-name' needs the model's class names (a checkpoint, timm or Hugging Face "
+                         "model that records them) and the data's.")
+    index = {normalise_class_name(c): i for i, c in enumerate(data_classes)}
+    table = tuple(index.get(normalise_class_name(c), OUTSIDE) for c in model_classes)
+    missing = sorted(set(range(len(data_classes))) - set(table))
+    if missing:
+        raise ValueError(f"Label map 'by-name': the model has no class named {data_classes[missing[0]]!r} "
+                         f"(model classes: {', '.join(list(model_classes)[:8])}...).")
+    return LabelMap("by-name", table)
+
+
+@LABEL_MAPS.register("json", path_arg=True)
+def json_file(path: str, *, model_classes=None, data_classes=None) -> LabelMap:
+    """A JSON list or ``{"model class": dataset class}`` object (the release's ``in_to_in9.json``)."""
+    path = Path(path)
     if not path.is_file():
-        raise ValueError(f"Unknown label map {spec!r}; valid: {', '.join(BUILTIN)}, or a path to a JSON file.")
+        raise ValueError(f"Label map file {path} does not exist.")
     try:
         obj = json.loads(path.read_text())
     except (OSError, ValueError) as e:
@@ -139,3 +174,44 @@ def load_label_map(spec: str | None) -> LabelMap:
     if not values or not all(isinstance(v, int) and not isinstance(v, bool) and v >= OUTSIDE for v in values):
         raise ValueError(f"Label map file {path} must map model classes to integer dataset classes or -1.")
     return LabelMap(str(path), tuple(int(v) for v in values))
+
+
+def load_label_map(spec: str | None, model_classes: list[str] | None = None,
+                   data_classes: list[str] | None = None) -> LabelMap:
+    """``imagenet-to-in9`` | ``identity`` | ``by-name`` | ``json:FILE`` | ``FILE.json``; None = identity."""
+    if spec is None:
+        return identity()
+    head = spec.partition(":")[0]
+    if head not in LABEL_MAPS:
+        if not Path(spec).is_file():
+            raise ValueError(f"Unknown label map {spec!r}; valid: {', '.join(BUILTIN)}, json:FILE, "
+                             "or a path to a JSON file.")
+        spec = f"json:{spec}"
+    return LABEL_MAPS.create(spec, model_classes=model_classes, data_classes=data_classes)
+
+
+def resolve_label_map(spec: str | None, data_classes: list[str], model_classes: list[str] | None = None,
+                      num_outputs: int | None = None) -> tuple[LabelMap, str | None]:
+    """The label map to use, and a note to print when it was chosen automatically.
+
+    Explicit ``spec`` wins. Without one: ``by-name`` when the model's class names are not the data's in
+    order but contain every data class by name; ``imagenet-to-in9`` when a 1000-output model meets the
+    9 IN-9 classes; else identity.
+    """
+    if spec is not None:
+        return load_label_map(spec, model_classes, data_classes), None
+    norm = [normalise_class_name(c) for c in data_classes]
+    if model_classes:
+        mine = [normalise_class_name(c) for c in model_classes]
+        if mine != norm and set(norm) <= set(mine):
+            lm = by_name(model_classes=model_classes, data_classes=data_classes)
+            pairs = ", ".join(f"{model_classes[i]}({i})->{data_classes[j]}"
+                              for i, j in enumerate(lm.table) if j != OUTSIDE)
+            rest = sum(1 for j in lm.table if j == OUTSIDE)
+            return lm, (f"label map by-name (model class -> data class): {pairs}"
+                        + (f"; {rest} other model classes map to none" if rest else ""))
+    n = num_outputs or (len(model_classes) if model_classes else None)
+    if n == 1000 and norm == list(IN9_CLASSES) and not (model_classes and set(norm) <= set(
+            normalise_class_name(c) for c in model_classes)):
+        return imagenet_to_in9(), "label map imagenet-to-in9 (a 1000-class ImageNet model on the 9 IN-9 classes)"
+    return identity(), None

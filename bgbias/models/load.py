@@ -1,6 +1,7 @@
-"""Load any classifier for auditing (torchvision, TorchScript, bgbias checkpoint, module factory) plus its preprocessing.
+"""Load any classifier for auditing plus its preprocessing: one registry of model kinds, one ``load_model`` call.
 
-Model specs:
+Model specs are ``<kind>:<arg>``; each kind is a registered factory (``bgbias list``
+shows them; add one with ``@MODEL_KINDS.register("name", path_arg=True)``):
 
 - ``torchvision:<arch>`` with ``weights=FILE`` (a state dict; the class count is
   read from the last 2-D weight unless given); ``<arch>`` is any bgbias arch
@@ -10,10 +11,13 @@ Model specs:
   and ``families_seen`` come from its ``meta``.
 - ``module:pkg.mod:factory``: ``factory()`` (or ``factory(num_classes=...)``) returns
   an ``nn.Module``; optional ``weights=FILE`` state dict.
+- ``timm:<name>``, ``hf:<dir>``, ``clip:<arch>``: optional extras, in
+  :mod:`bgbias.models.kinds_timm`, :mod:`~bgbias.models.kinds_hf`, :mod:`~bgbias.models.kinds_clip`.
 
-Weights load with ``weights_only=True`` unless ``trust``. Preprocessing runs on
-batched tensors on the model's device: uint8/float ``[N, 3, H, W]`` -> float in
-[0, 1] -> optional bilinear (antialiased) resize -> ``(x - mean) / std``.
+Weights load with ``weights_only=True`` unless ``trust``; nothing is downloaded
+unless ``download``. Preprocessing runs on batched tensors on the model's
+device: uint8/float ``[N, 3, H, W]`` -> float in [0, 1] -> optional resize (and
+centre crop, as timm / Hugging Face / CLIP evaluate) -> ``(x - mean) / std``.
 """
 from __future__ import annotations
 
@@ -26,33 +30,62 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bgbias.models.checkpoint import load_checkpoint, safe_torch_load
-from bgbias.models.nets import ARCHS, create_arch
+from bgbias.core.registry import Registry
 
-MODEL_KINDS = ("torchvision", "torchscript", "checkpoint", "module")
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 IN9_MEAN, IN9_STD = (0.4717, 0.4499, 0.3837), (0.2600, 0.2516, 0.2575)
+INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
 
 
 @dataclass(frozen=True)
 class Preprocess:
-    """What the model expects: ``size`` (H, W) or None (keep), per-channel ``mean``/``std`` (after /255)."""
+    """What the model expects: input ``size`` (H, W) or None (keep), per-channel ``mean``/``std`` (after /255).
+
+    ``resize`` None resizes straight to ``size`` (squash); an int resizes the shorter side to it and a pair to
+    exactly (H, W), then a centre crop to ``size`` follows (timm's ``crop_pct``, CLIP's and Hugging Face's
+    resize-then-crop). ``interpolation`` is the image resampling filter (masks always use bilinear).
+    """
 
     name: str = "none"
     size: tuple[int, int] | None = None
     mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
     std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    interpolation: str = "bilinear"
+    resize_to: int | tuple[int, int] | None = None
+
+    def __post_init__(self) -> None:
+        if self.interpolation not in INTERPOLATIONS:
+            raise ValueError(f"Unknown interpolation {self.interpolation!r}; valid: {', '.join(INTERPOLATIONS)}.")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["size"] = list(self.size) if self.size else None
+        d["resize_to"] = list(self.resize_to) if isinstance(self.resize_to, tuple) else self.resize_to
         return d
 
-    def resize(self, x: torch.Tensor) -> torch.Tensor:
-        """float ``[N, C, H, W]`` -> ``[N, C, *size]`` (no-op when size is None or equal)."""
-        if self.size is None or tuple(x.shape[-2:]) == tuple(self.size):
+    def resize(self, x: torch.Tensor, interpolation: str | None = None) -> torch.Tensor:
+        """float ``[N, C, H, W]`` -> ``[N, C, *size]``: the geometry only (no-op when size is None or equal).
+
+        Images, masks and backgrounds all go through this, so a mask stays aligned with its image.
+        """
+        if self.size is None:
             return x
-        return F.interpolate(x, size=tuple(self.size), mode="bilinear", align_corners=False, antialias=True)
+        mode = interpolation or self.interpolation
+        if self.resize_to is None:
+            if tuple(x.shape[-2:]) == tuple(self.size):
+                return x
+            return _interpolate(x, tuple(self.size), mode)
+        from torchvision.transforms.v2 import functional as TF
+
+        h, w = x.shape[-2:]
+        if isinstance(self.resize_to, int):
+            s = self.resize_to       # shorter side -> s, as torchvision's Resize(int) computes it
+            target = (s, int(s * w / h)) if h <= w else (int(s * h / w), s)
+        else:
+            target = tuple(self.resize_to)
+        if tuple(target) != (h, w):
+            x = _interpolate(x, target, mode)
+        return TF.center_crop(x, list(self.size))
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
@@ -62,7 +95,16 @@ class Preprocess:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """uint8 (0..255) or float (0..1) ``[N, 3, H, W]`` -> normalised float32 model input, same device."""
         x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
-        return self.normalize(self.resize(x))
+        y = self.resize(x)
+        if y is not x and self.interpolation == "bicubic":
+            y = y.clamp(0, 1)        # bicubic overshoots; PIL (what the libraries resize with) clamps to 0..255
+        return self.normalize(y)
+
+
+def _interpolate(x: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tensor:
+    if mode == "nearest":
+        return F.interpolate(x, size=size, mode="nearest")
+    return F.interpolate(x, size=size, mode=mode, align_corners=False, antialias=True)
 
 
 PRESETS = {
@@ -76,7 +118,9 @@ def make_preprocess(preset: str | None = None, mean=None, std=None, size=None,
                     default: Preprocess | None = None) -> Preprocess:
     """A preset (``imagenet``: 224x224 + ImageNet stats; ``in9``: IN-9 stats, no resize; ``none``) with overrides.
 
-    Without a preset the ``default`` (e.g. from a checkpoint's meta) is used, else ``none``.
+    Without a preset the ``default`` (the model's own: checkpoint meta, timm data config, image processor,
+    CLIP transforms) is used, else ``none``. An explicit ``size`` replaces the model's resize-and-crop with a
+    plain resize to that size.
     """
     if preset is not None and preset not in PRESETS:
         raise ValueError(f"Unknown preprocessing {preset!r}; valid: {', '.join(PRESETS)}.")
@@ -94,7 +138,8 @@ def make_preprocess(preset: str | None = None, mean=None, std=None, size=None,
     return Preprocess(base.name + ("+custom" if changed else ""),
                       size if size is not None else base.size,
                       tuple(float(v) for v in mean) if mean is not None else base.mean,
-                      tuple(float(v) for v in std) if std is not None else base.std)
+                      tuple(float(v) for v in std) if std is not None else base.std,
+                      base.interpolation, None if size is not None else base.resize_to)
 
 
 def preprocess_from_meta(meta: dict[str, Any]) -> Preprocess | None:
@@ -109,14 +154,16 @@ def preprocess_from_meta(meta: dict[str, Any]) -> Preprocess | None:
 
 @dataclass
 class LoadedModel:
-    """An eval-mode module with what we know about it (classes, preprocessing, training families)."""
+    """An eval-mode module with what we know about it (classes, preprocessing, training families, files read)."""
 
     module: nn.Module
     spec: str
     classes: list[str] | None = None
-    preprocess: Preprocess | None = None        # from a checkpoint's meta; None = not known
+    preprocess: Preprocess | None = None        # the model's own; None = not known
     families_seen: list[str] | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    files: list[str] = field(default_factory=list)    # every weights file read (hashed into the result's record)
+    num_outputs: int | None = None                    # output size when known before a forward pass
 
     def to(self, device: str | torch.device) -> "LoadedModel":
         self.module.to(device)
@@ -138,100 +185,52 @@ class LoadedModel:
         return out.float()
 
 
-def _unwrap_state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:
-    """Accept a bare state dict, ``{"state_dict"|"model": ...}``, and strip DataParallel's ``module.`` prefix."""
-    for key in ("state_dict", "model", "model_state_dict"):
-        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
-            obj = obj[key]
-    if not isinstance(obj, dict) or not all(torch.is_tensor(v) for v in obj.values()):
-        raise ValueError(f"{path} is not a state dict (a mapping of names to tensors).")
-    if obj and all(k.startswith("module.") for k in obj):
-        obj = {k[len("module."):]: v for k, v in obj.items()}
-    return obj
+@dataclass(frozen=True)
+class LoadOptions:
+    """Everything a model kind may need besides its spec argument (kinds ignore what does not apply to them)."""
+
+    weights: str | None = None          # a weights file (state dict, safetensors, open_clip checkpoint)
+    trust: bool = False                 # allow unpickling arbitrary objects
+    num_classes: int | None = None
+    download: bool = False              # timm / Hugging Face / open_clip may fetch pretrained weights
+    prompts: str | None = None          # zero-shot prompt templates file (clip:)
+    class_names: tuple[str, ...] | None = None   # the data's classes (zero-shot text, name matching)
 
 
-def _classes_in_state_dict(sd: dict[str, torch.Tensor]) -> int | None:
-    """Output size of the last linear layer (the last 2-D ``weight``), if any."""
-    for k, v in reversed(list(sd.items())):
-        if k.endswith("weight") and v.ndim == 2:
-            return int(v.shape[0])
-    return None
+MODEL_KINDS: Registry[LoadedModel] = Registry(
+    "model kind", plugins=("bgbias.models.kinds_basic", "bgbias.models.kinds_timm", "bgbias.models.kinds_hf",
+                           "bgbias.models.kinds_clip"))
 
 
-def load_weights(module: nn.Module, sd: dict[str, torch.Tensor], arch: str, path: Path | str) -> None:
-    """``load_state_dict(strict=True)``; a mismatch becomes one sentence naming the architecture."""
+def require(module: str, extra: str, kind: str) -> Any:
+    """Import an optional library, or fail with the one sentence that says how to get it."""
     try:
-        module.load_state_dict(sd, strict=True)
-    except RuntimeError as e:
-        lines = [ln.strip() for ln in str(e).splitlines()[1:] if ln.strip()]
-        detail = lines[0][:200] if lines else str(e).splitlines()[0][:200]
-        raise ValueError(f"Weights file {path} does not fit architecture '{arch}' (it was probably saved from "
-                         f"another architecture or class count): {detail}") from None
+        return importlib.import_module(module)
+    except ImportError:
+        raise ValueError(f"Model kind '{kind}:' needs the {module.split('.')[0]} package, which is not installed; "
+                         f"install it with pip install 'bgbias[{extra}]'.") from None
 
 
-def _build_arch(arch: str, num_classes: int) -> nn.Module:
-    if arch in ARCHS:
-        return create_arch(arch, num_classes=num_classes)
-    import torchvision
-
-    if arch not in torchvision.models.list_models():
-        raise ValueError(f"Unknown architecture {arch!r}; valid: {', '.join(ARCHS.names())} "
-                         "or any torchvision.models name.")
-    return torchvision.models.get_model(arch, weights=None, num_classes=int(num_classes))
-
-
-def load_model(spec: str, weights: str | None = None, trust: bool = False,
-               num_classes: int | None = None) -> LoadedModel:
-    """Build the model named by ``spec`` in eval mode on the CPU (see the module docstring for specs)."""
+def load_model(spec: str, weights: str | None = None, trust: bool = False, num_classes: int | None = None, *,
+               download: bool = False, prompts: str | None = None,
+               class_names: tuple[str, ...] | list[str] | None = None) -> LoadedModel:
+    """Build the model named by ``spec`` (``<kind>:<arg>``) in eval mode on the CPU."""
     kind, sep, rest = (spec or "").partition(":")
-    if not sep or kind not in MODEL_KINDS or not rest:
-        raise ValueError(f"Unknown model spec {spec!r}; valid: torchvision:<arch>, torchscript:FILE, "
-                         "checkpoint:FILE, module:pkg.mod:factory.")
-    if kind == "torchvision":
-        sd = _unwrap_state_dict(safe_torch_load(weights, trust=trust), Path(weights)) if weights else None
-        n = num_classes or (sd is not None and _classes_in_state_dict(sd)) or 1000
-        module = _build_arch(rest, int(n))
-        if sd is not None:
-            load_weights(module, sd, rest, weights)
-        lm = LoadedModel(module, spec)
-    elif kind == "torchscript":
-        path = Path(rest)
-        if not path.is_file():
-            raise ValueError(f"TorchScript file {path} does not exist.")
-        try:
-            module = torch.jit.load(str(path), map_location="cpu")
-        except (RuntimeError, ValueError) as e:
-            raise ValueError(f"Could not load {path} as TorchScript ({str(e).splitlines()[0][:120]}); "
-                             "for a bgbias checkpoint use checkpoint:FILE, for a state dict torchvision:<arch>.") \
-                from None
-        lm = LoadedModel(module, spec)
-    elif kind == "checkpoint":
-        ckpt = load_checkpoint(rest, trust=trust)
-        meta = dict(ckpt.get("meta") or {})
-        classes = list(meta.get("classes") or []) or None
-        if "arch" not in meta:
-            raise ValueError(f"Checkpoint {rest} has no 'arch' in its meta; cannot rebuild the network.")
-        n = num_classes or (len(classes) if classes else None) or _classes_in_state_dict(ckpt["state_dict"])
-        module = create_arch(meta["arch"], num_classes=int(n), **dict(meta.get("arch_kwargs") or {}))
-        load_weights(module, ckpt["state_dict"], meta["arch"], rest)
-        fam = meta.get("families_seen")
-        lm = LoadedModel(module, spec, classes, preprocess_from_meta(meta),
-                         list(fam) if fam is not None else None, meta)
-    else:
-        mod_name, _, fn_name = rest.rpartition(":")
-        if not mod_name or not fn_name:
-            raise ValueError(f"Model spec {spec!r} must be module:pkg.mod:factory.")
-        try:
-            factory = getattr(importlib.import_module(mod_name), fn_name)
-        except (ImportError, AttributeError) as e:
-            raise ValueError(f"Cannot import {fn_name!r} from module {mod_name!r} ({e}).") from None
-        module = factory(num_classes=num_classes) if num_classes else factory()
-        if not isinstance(module, nn.Module):
-            raise TypeError(f"{rest} returned {type(module).__name__}, expected a torch.nn.Module.")
-        if weights:
-            load_weights(module, _unwrap_state_dict(safe_torch_load(weights, trust=trust), Path(weights)),
-                         fn_name, weights)
-        lm = LoadedModel(module, spec)
+    if not sep or not rest or kind not in MODEL_KINDS:
+        first = ("torchvision", "torchscript", "checkpoint", "module")
+        names = sorted(MODEL_KINDS.names(), key=lambda k: (first.index(k) if k in first else len(first), k))
+        valid = ", ".join(f"{k}:{MODEL_KINDS.entry(k).help}" for k in names)
+        hint = ""
+        if spec and Path(spec).is_file():
+            hint = f" Did you mean 'checkpoint:{spec}' (bgbias train's model.pt) or 'torchscript:{spec}'?"
+        elif kind:
+            from bgbias.core.registry import did_you_mean
+
+            hint = did_you_mean(kind, MODEL_KINDS.names())
+        raise ValueError(f"Unknown model spec {spec!r}; valid: {valid}.{hint}")
+    opts = LoadOptions(weights, trust, num_classes, download, prompts,
+                       tuple(class_names) if class_names is not None else None)
+    lm = MODEL_KINDS.create(spec, opts=opts)
     lm.module.eval()
     return lm
 

@@ -14,19 +14,34 @@ from bgbias.core.registry import Registry
 ARCHS: Registry[nn.Module] = Registry("architecture")
 
 
-class SmallCNN(nn.Module):
-    """VGG-style CNN (as in paper 002): 3 blocks of conv-BN-ReLU x2 + max-pool, global pool, linear.
+NORMS = ("batch", "group")
 
-    Works for any input >= 16 px; ~0.3M parameters at width 32.
+
+def norm_layer(kind: str, channels: int) -> nn.Module:
+    """``batch``: BatchNorm (running statistics: needs many steps before eval mode is right);
+    ``group``: GroupNorm with up to 8 groups (no running statistics: the same in train and eval,
+    so a model trained for a few dozen steps on a few hundred images evaluates as it trained)."""
+    if kind == "batch":
+        return nn.BatchNorm2d(channels)
+    if kind == "group":
+        return nn.GroupNorm(min(8, channels), channels)
+    raise ValueError(f"Unknown normalisation {kind!r}; valid: {', '.join(NORMS)}.")
+
+
+class SmallCNN(nn.Module):
+    """VGG-style CNN (as in paper 002): 3 blocks of conv-norm-ReLU x2 + max-pool, global pool, linear.
+
+    Works for any input >= 16 px; ~0.3M parameters at width 32. ``norm``: ``batch`` (the
+    paper's, and the default of older checkpoints) or ``group`` (what ``bgbias train`` uses).
     """
 
-    def __init__(self, num_classes: int = 10, in_channels: int = 3, width: int = 32):
+    def __init__(self, num_classes: int = 10, in_channels: int = 3, width: int = 32, norm: str = "batch"):
         super().__init__()
 
         def block(cin: int, cout: int) -> nn.Sequential:
             return nn.Sequential(
-                nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
-                nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+                nn.Conv2d(cin, cout, 3, padding=1, bias=False), norm_layer(norm, cout), nn.ReLU(inplace=True),
+                nn.Conv2d(cout, cout, 3, padding=1, bias=False), norm_layer(norm, cout), nn.ReLU(inplace=True),
                 nn.MaxPool2d(2))
 
         self.features = nn.Sequential(block(in_channels, width), block(width, 2 * width), block(2 * width, 4 * width))
@@ -38,9 +53,9 @@ class SmallCNN(nn.Module):
 
 
 @ARCHS.register("small-cnn", tags=["small"])
-def small_cnn(num_classes: int = 10, width: int = 32, **_: object) -> nn.Module:
+def small_cnn(num_classes: int = 10, width: int = 32, norm: str = "batch", **_: object) -> nn.Module:
     """VGG-style 6-conv CNN for 28-64 px inputs (paper 002's classifier family)."""
-    return SmallCNN(num_classes=num_classes, width=int(width))
+    return SmallCNN(num_classes=num_classes, width=int(width), norm=str(norm))
 
 
 def _torchvision(name: str):

@@ -159,8 +159,9 @@ class VOCSource(AnnotatedSource):
             items.append(_Item(image, names.index(label_name), tuple(o.box for _, o in chosen), ann.size,
                                (stem, tuple(k + 1 for k, _ in chosen), label_name)))
             stems.append(stem)
-        self.root = root
+        self.root, self.split = root, split
         super().__init__(f"voc:{root}", names, items, unique_ids(stems), dropped)
+        self._own_splits = voc_splits(root, split, [it.extra[0] for it in items])
 
     def _seg_file(self, item: _Item) -> tuple[Path | None, str]:
         stem = item.extra[0]
@@ -194,8 +195,26 @@ class VOCSource(AnnotatedSource):
         near = cv2.dilate(fg.astype(np.uint8), np.ones((7, 7), np.uint8)).astype(bool)
         return (fg | ((seg == 255) & near)).astype(np.float32)
 
+    def splits(self) -> list[str | None] | None:
+        return self._own_splits
+
     def describe(self) -> dict:
         return {**super().describe(), "not_in_classes": self.not_in_classes}
+
+
+def voc_splits(root: Path, split: str | None, stems: list[str]) -> list[str | None] | None:
+    """VOC's own split per image: the ``split`` asked for (``train``/``val``), else membership of
+    ``ImageSets/Main/train.txt`` / ``val.txt``; ``None`` where the release says nothing."""
+    if split:
+        return [split] * len(stems) if split in ("train", "val") else None
+    lists = {}
+    for name in ("train", "val"):
+        f = root / "ImageSets" / "Main" / f"{name}.txt"
+        if f.is_file():
+            lists[name] = {line.split()[0] for line in f.read_text().splitlines() if line.strip()}
+    if not lists:
+        return None
+    return [next((n for n, members in lists.items() if stem in members), None) for stem in stems]
 
 
 @SOURCES.register("voc", path_arg=True, tags=["annotations"],

@@ -1,6 +1,6 @@
 """Sources: where labelled images come from. The :class:`Source` contract, the ``SOURCES`` registry, wrappers.
 
-A :class:`Source` indexes its data cheaply (``ids()``, ``labels()``, no
+A :class:`Source` indexes its data cheaply (``ids()``, ``labels()``, ``splits()``, no
 decoding) and decodes one :class:`~bgbias.core.sample.Sample` per ``load(i)``,
 raising :class:`~bgbias.core.sample.BadSample` for bad input. Files that are not
 images at all are found while indexing and listed in ``scan_dropped``.
@@ -45,6 +45,14 @@ class Source(ABC):
         """Class index per sample (cheap: no decoding)."""
         return list(self._labels)
 
+    def splits(self) -> list[str | None] | None:
+        """The source's own split per sample (``"train"`` / ``"val"``; ``None`` where it has none), cheap.
+
+        ``None`` (the default) means the source has no split of its own: ``build --holdout F``
+        makes one, else every sample is ``val``. A build keeps a source's own split as it is.
+        """
+        return None
+
     @abstractmethod
     def load(self, i: int) -> Sample:
         """Decode sample ``i``; raises BadSample with a reason for a file that cannot be used."""
@@ -86,6 +94,10 @@ class SubsetSource(Source):
     def load(self, i):
         return self.base.load(self.indices[i])
 
+    def splits(self):
+        own = self.base.splits()
+        return None if own is None else [own[i] for i in self.indices]
+
     def describe(self):
         import hashlib
 
@@ -96,7 +108,11 @@ class SubsetSource(Source):
 def create_source(spec: str, **kwargs) -> Source:
     """``digits``, ``digits:64``, ``mnist:DIR``, ``folder:DIR`` (``masks=DIR``), ``in9:DIR``."""
     import inspect
+    import os
 
+    if isinstance(spec, str) and spec.partition(":")[0] not in SOURCES and os.path.isdir(spec):
+        kind = "in9" if os.path.isdir(os.path.join(spec, "original")) else "folder"
+        raise ValueError(f"Source {spec!r} is a folder, not a source spec; did you mean '{kind}:{spec}'?")
     family = SOURCES.parse(spec).family
     params = inspect.signature(SOURCES.entry(family).factory).parameters
     if not any(p.kind is p.VAR_KEYWORD for p in params.values()):

@@ -123,6 +123,11 @@ class CocoSource(AnnotatedSource):
             stems.append(Path(im["file"]).stem)
         super().__init__(f"coco:{ann_file}:{images}", names, items, unique_ids(stems), dropped)
         self.foreground, self.min_area = foreground, int(min_area)
+        self.own_split = coco_split(ann_file, images)
+
+    def splits(self) -> list[str | None] | None:
+        """COCO's own split, from the file names (``instances_train2017.json``, ``val2017/``), for every image."""
+        return None if self.own_split is None else [self.own_split] * len(self)
 
     def has_mask(self, i: int) -> bool:
         return True
@@ -141,6 +146,18 @@ class CocoSource(AnnotatedSource):
     def describe(self) -> dict:
         return {**super().describe(), "foreground": self.foreground, "min_area": self.min_area,
                 "not_in_classes": self.not_in_classes}
+
+
+def coco_split(ann_file: Path, images: Path) -> str | None:
+    """``train`` / ``val`` when the annotation file (or else the image folder) is named for one, else None."""
+    import re
+
+    for name in (ann_file.stem, images.name):
+        found = set(re.findall(r"(?<![a-z])(train|val)(?![a-z])", name.lower().replace("_", " ").replace("-", " ")
+                               .replace("2014", " ").replace("2017", " ")))
+        if len(found) == 1:
+            return found.pop()
+    return None
 
 
 @SOURCES.register("coco", path_arg=True, tags=["annotations"],

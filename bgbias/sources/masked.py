@@ -37,6 +37,9 @@ class MaskedSource(Source):
     def labels(self) -> list[int]:
         return self.base.labels()
 
+    def splits(self) -> list[str | None] | None:
+        return self.base.splits()
+
     def mask_method(self, i: int) -> str:
         """Which method makes item ``i``'s mask (``given`` where ``fill_only`` and the source has one)."""
         has = getattr(self.base, "has_mask", None)

@@ -22,7 +22,7 @@ from typing import Sequence
 import numpy as np
 
 from bgbias.core.io import IMAGE_EXTENSIONS, read_image, read_mask
-from bgbias.core.layout import MASK_DIR, SPLIT, list_classes
+from bgbias.core.layout import find_mask, list_classes, list_items, list_splits
 from bgbias.core.sample import BadSample, Sample, mask_box
 from bgbias.core.seeding import numpy_rng
 from bgbias.sources.base import SOURCES, Source, unique_ids
@@ -108,6 +108,7 @@ class MnistSource(Source):
     """
 
     SPLITS = ("train", "t10k")
+    OWN_SPLIT = {"train": "train", "t10k": "val"}     # MNIST's test set is the build's validation split
 
     def __init__(self, folder: str, background: str = "plain", splits: Sequence[str] = SPLITS):
         super().__init__()
@@ -138,6 +139,13 @@ class MnistSource(Source):
             if (root / name).is_file():
                 return root / name
         return None
+
+    def splits(self) -> list[str | None]:
+        out: list[str | None] = []
+        for k, (split, _, start) in enumerate(self._parts):
+            end = self._parts[k + 1][2] if k + 1 < len(self._parts) else len(self._ids)
+            out += [self.OWN_SPLIT[split]] * (end - start)
+        return out
 
     def __getstate__(self):
         state = dict(self.__dict__)
@@ -181,7 +189,8 @@ class FolderSource(Source):
             raise ValueError(f"Mask folder {masks!r} does not exist or is not a folder.")
         self.classes, self._files, self._labels = [], [], []
         for f in sorted(p for p in root.iterdir() if p.is_file() and not p.name.startswith(".")):
-            self.scan_dropped.append({"path": f.name, "reason": "file is not inside a class folder"})
+            self.scan_dropped.append({"path": f.name, "reason": "file is not inside a class folder",
+                                      "rule": "outside_class_folder", "values": {"file": f.name}})
         for label, d in enumerate(_class_folders(root)):
             self.classes.append(d.name)
             for f in sorted(p for p in d.rglob("*") if p.is_file()):
@@ -189,7 +198,8 @@ class FolderSource(Source):
                 if any(part.startswith(".") for part in rel.parts):
                     continue
                 if f.suffix.lower() not in IMAGE_EXTENSIONS:
-                    self.scan_dropped.append({"path": rel.as_posix(), "reason": f"not an image file ({f.suffix or 'no extension'})"})
+                    self.scan_dropped.append({"path": rel.as_posix(), "reason": f"not an image file ({f.suffix or 'no extension'})",
+                                              "rule": "not_an_image", "values": {"file": rel.as_posix()}})
                     continue
                 self._files.append(rel)
                 self._labels.append(label)
@@ -205,16 +215,24 @@ class FolderSource(Source):
 
     def load(self, i):
         rel = self._files[i]
+        file = rel.as_posix()
         try:
             image = read_image(self.root / rel)
-            mask = None
-            if self.masks is not None:
-                mf = self._mask_file(rel)
-                if mf is None:
-                    raise BadSample(f"no mask file for {rel.as_posix()} in the mask folder (.png or .npy)")
-                mask = read_mask(mf, image.shape[:2])
         except BadSample as e:
-            raise BadSample(e.reason, self._ids[i]) from None
+            raise BadSample(e.drop.detail, self._ids[i], rule="image_unreadable", values={"file": file}) from None
+        mask = None
+        if self.masks is not None:
+            mf = self._mask_file(rel)
+            if mf is None:
+                raise BadSample(f"no mask file for {file} in {self.masks} (looked for {rel.with_suffix('.png').as_posix()}"
+                                f" and {rel.with_suffix('.npy').as_posix()})", self._ids[i], rule="mask_missing",
+                                values={"file": file, "mask_folder": str(self.masks)})
+            try:
+                mask = read_mask(mf, image.shape[:2])
+            except BadSample as e:
+                rule = "mask_size" if "differs from image size" in e.drop.detail else "mask_unreadable"
+                raise BadSample(f"{e.drop.detail} ({mf.relative_to(self.masks).as_posix()} for {file})", self._ids[i],
+                                rule=rule, values={"file": file, "mask_file": str(mf)}) from None
         return Sample(image, mask, self._labels[i], self._ids[i])
 
     def describe(self):
@@ -222,38 +240,43 @@ class FolderSource(Source):
 
 
 class IN9Source(Source):
-    """The IN-9 release layout: ``DIR/<variant>/val/<NN_class>/*`` + ``DIR/fg_mask/val/<NN_class>/<stem>.npy``."""
+    """The IN-9 release layout (or a build): ``DIR/<variant>/<split>/<NN_class>/*`` + ``DIR/fg_mask/<split>/...``.
+
+    Every split present is read (``train`` first) and kept as the sample's own split; files are
+    listed by :func:`bgbias.core.layout.list_items`, the one reader of the layout.
+    """
 
     def __init__(self, folder: str, variant: str = "original"):
         super().__init__()
         root = Path(folder).expanduser()
-        if not (root / variant / SPLIT).is_dir():
-            raise ValueError(f"{folder!r} is not an IN-9 folder: {variant}/{SPLIT}/ is missing.")
+        if not list_splits(root, variant) or not (root / variant).is_dir():
+            raise ValueError(f"{folder!r} is not an IN-9 folder: {variant}/<split>/ (e.g. {variant}/val/) is missing.")
         self.root, self.variant, self.spec = root, variant, f"in9:{folder}"
         self.classes = list_classes(root, variant)
-        self._files, self._labels = [], []
-        base = root / variant / SPLIT
-        for d in sorted(p for p in base.iterdir() if p.is_dir()):
-            label = int(d.name.split("_", 1)[0])
+        self._items = list_items(root, variant, split=None)
+        self._labels = [it.label for it in self._items]
+        self._ids = unique_ids(it.id for it in self._items)
+        for d in sorted(p for p in (root / variant).glob("*/*") if p.is_dir()):
             for f in sorted(p for p in d.iterdir() if p.is_file() and not p.name.startswith(".")):
                 if f.suffix.lower() not in IMAGE_EXTENSIONS:
                     self.scan_dropped.append({"path": f.relative_to(root).as_posix(),
-                                              "reason": f"not an image file ({f.suffix or 'no extension'})"})
-                    continue
-                self._files.append(f.relative_to(base))
-                self._labels.append(label)
-        self._ids = unique_ids(rel.stem for rel in self._files)
+                                              "reason": f"not an image file ({f.suffix or 'no extension'})",
+                                              "rule": "not_an_image", "values": {"file": f.relative_to(root).as_posix()}})
+
+    def splits(self) -> list[str | None]:
+        return [it.split for it in self._items]
 
     def load(self, i):
-        rel = self._files[i]
+        it = self._items[i]
         try:
-            image = read_image(self.root / self.variant / SPLIT / rel)
-            mf = self.root / MASK_DIR / SPLIT / rel.parent / (rel.stem + ".npy")
+            image = read_image(it.path)
+            mf = find_mask(self.root, it)
             if not mf.is_file():
-                raise BadSample(f"no fg_mask file for {rel.as_posix()}")
+                raise BadSample(f"no fg_mask file for {it.split}/{it.path.parent.name}/{it.path.name}",
+                                rule="mask_missing", values={"file": f"{it.split}/{it.path.parent.name}/{it.path.name}"})
             mask = read_mask(mf, image.shape[:2])
         except BadSample as e:
-            raise BadSample(e.reason, self._ids[i]) from None
+            raise e.for_id(self._ids[i]) from None
         return Sample(image, mask, self._labels[i], self._ids[i])
 
 

@@ -1,5 +1,11 @@
 """``bgbias build``: write the IN-9 layout (every variant, masks, manifest) for any source.
 
+Every sample goes to split ``train`` or ``val``: the source's own split where it has one
+(MNIST train/t10k, IN-9 train/val, VOC image sets, COCO train/val files), else
+``--holdout F`` (a stratified fraction of each class to ``val``, ranked by ``(seed, id)``),
+else ``val`` (an audit-only benchmark). Mixed variants pair only within a split, and the
+``mean`` background is fitted on ``train`` when there is one, so no validation pixel reaches training.
+
 Three passes over a fixed chunk plan (so output bytes do not depend on the
 worker count, the executor or the order chunks finish in):
 
@@ -22,8 +28,8 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -31,7 +37,8 @@ from typing import Callable, Iterator, Sequence
 from bgbias.core.executors import check_executor, map_ordered
 from bgbias.core.executors import progress as progress_bar
 from bgbias.core.io import read_json, write_json
-from bgbias.core.layout import IN9_VARIANTS, MANIFEST, class_dirname, sanitize_name
+from bgbias.core.layout import IN9_VARIANTS, MANIFEST, SPLITS, class_dirname, sanitize_name
+from bgbias.core.sample import Drop
 from bgbias.core.version import __version__
 from bgbias.sources.base import Source, create_source
 from bgbias.synth.backgrounds import MeanBackground
@@ -45,6 +52,7 @@ from bgbias.synth.build_worker import (
 from bgbias.synth.spurious import DEFAULT_SPURIOUS_FAMILIES, SpuriousSource
 from bgbias.synth.variants import Variant, plan_pairing, resolve_variants
 
+IMAGE_FORMATS = {"jpeg": ".JPEG", "png": ".png"}   # jpeg: the release's extension, read by its official scripts
 PARTIAL = ".bgbias-build.json"   # marks an unfinished build (config to compare on resume); removed at the end
 
 
@@ -59,6 +67,47 @@ class BuildConfig:
     spurious_families: tuple[str, ...] = DEFAULT_SPURIOUS_FAMILIES
     chunk_size: int = 64
     png_compression: int = 1
+    holdout: float | None = None                 # fraction of each class to 'val' where the source has no split
+    image_format: str = "png"                    # png (lossless) | jpeg (the IN-9 release's .JPEG files)
+    mask_threshold: float | None = None          # binarise masks (m >= t) for every variant and fg_mask file
+
+    def __post_init__(self) -> None:
+        if self.image_format not in IMAGE_FORMATS:
+            raise ValueError(f"Unknown image format {self.image_format!r}; valid: {', '.join(IMAGE_FORMATS)}.")
+        if self.mask_threshold is not None and not 0 < self.mask_threshold <= 1:
+            raise ValueError(f"The mask threshold must be in (0, 1], got {self.mask_threshold}.")
+
+
+
+def assign_splits(source: Source, holdout: float | None, seed: int) -> list[str]:
+    """``train``/``val`` per sample: the source's own split, else a stratified ``holdout`` fraction of each class
+    to ``val`` (the class's samples ranked by a draw from ``(seed, id)``), else ``val``. Cheap, in this process."""
+    from bgbias.core.seeding import numpy_rng
+
+    if holdout is not None and not 0.0 < float(holdout) < 1.0:
+        raise ValueError(f"--holdout must be a fraction in (0, 1), e.g. 0.25, got {holdout}.")
+    ids, labels = source.ids(), source.labels()
+    own = source.splits() or [None] * len(ids)
+    if len(own) != len(ids):
+        raise ValueError(f"Source {source.spec!r} gave {len(own)} splits for {len(ids)} samples.")
+    bad = sorted({s for s in own if s not in (None, *SPLITS)})
+    if bad:
+        raise ValueError(f"Source {source.spec!r} gave the split {bad[0]!r}; valid: {', '.join(SPLITS)} or None.")
+    out = [s or "val" for s in own]
+    if holdout:
+        by_class: dict[int, list[int]] = {}
+        for i, s in enumerate(own):
+            if s is None:
+                by_class.setdefault(int(labels[i]), []).append(i)
+        for members in by_class.values():
+            n = len(members)
+            k = round(float(holdout) * n)
+            if n >= 2:
+                k = min(max(k, 1), n - 1)        # both splits see the class
+            ranked = sorted(members, key=lambda i: (float(numpy_rng(seed, ids[i], "holdout").random()), ids[i]))
+            for r, i in enumerate(ranked):
+                out[i] = "val" if r < k else "train"
+    return out
 
 
 def parse_size(text: str | Sequence[int] | None) -> tuple[int, int] | None:
@@ -75,34 +124,6 @@ def parse_size(text: str | Sequence[int] | None) -> tuple[int, int] | None:
     if len(hw) != 2 or min(hw) < 1:
         raise ValueError(f"Size {text!r} must be two positive integers (H, W).")
     return hw[0], hw[1]
-
-
-
-
-# ---------------------------------------------------------------- worker side
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 
 
 
@@ -140,12 +161,6 @@ def _prepare_out(out: Path, identity: dict) -> None:
     write_json(out / PARTIAL, identity)
 
 
-def _reason_key(reason: str) -> str:
-    """Group reasons that differ only in file names or numbers."""
-    key = re.sub(r"\S*[./]\S*", "<file>", reason.split(" (")[0])
-    return re.sub(r"\d+", "N", key)
-
-
 def build(source: Source | str, out: str | os.PathLike, config: BuildConfig = BuildConfig(), *,
           workers: int = 1, executor: str = "local", progress: bool = True) -> dict:
     """Build every variant of ``source`` into ``out`` (IN-9 layout) and return the manifest.
@@ -173,18 +188,22 @@ def build(source: Source | str, out: str | os.PathLike, config: BuildConfig = Bu
     _prepare_out(out, identity)
 
     class_dirs = [class_dirname(c, name, C) for c, name in enumerate(classes)]
+    splits = assign_splits(source, config.holdout, config.seed)
     state = {"source": source, "variants": variants, "config": config, "out": out.resolve(), "ids": ids,
-             "labels": labels, "class_dirs": class_dirs, "written": {v.name for v in variants if not v.pairing},
-             "fit_size": config.size}
+             "labels": labels, "splits": splits, "class_dirs": class_dirs,
+             "written": {v.name for v in variants if not v.pairing}, "fit_size": config.size}
     cs = max(1, int(config.chunk_size))
     chunks = [list(range(a, min(n, a + cs))) for a in range(0, n, cs)]
 
     fitted = [v for v in variants if v.needs_fit]
-    if fitted:
+    if fitted:   # statistics from the training split when there is one: no validation pixel reaches training
+        fit_on = [i for i in range(n) if splits[i] == "train"] or list(range(n))
+        fit_chunks = [fit_on[a:a + cs] for a in range(0, len(fit_on), cs)]
         if state["fit_size"] is None:
             state["fit_size"] = _first_size(source, config)
         bg = MeanBackground(True, state["fit_size"])
-        for res in progress_bar(_map(_fit_task, chunks, state, workers, executor), len(chunks), "fit mean", progress):
+        for res in progress_bar(_map(_fit_task, fit_chunks, state, workers, executor), len(fit_chunks), "fit mean",
+                                progress):
             bg.add_sums(res["sums"])
         if bg.mean_image is None:
             raise ValueError(f"No usable sample in {source.spec!r} to fit the mean background on.")
@@ -192,15 +211,17 @@ def build(source: Source | str, out: str | os.PathLike, config: BuildConfig = Bu
             v.background.fit_size = state["fit_size"]
             v.background.add_sums((bg.sum_rgb, bg.sum_w))
 
-    dropped: list[dict] = [{"id": d.get("id", d.get("path")), "reason": d["reason"], "stage": "scan"}
-                           for d in source.scan_dropped]
+    dropped: list[dict] = []
+    for d in source.scan_dropped:
+        drop = Drop.from_reason(d["reason"], d.get("rule"), d.get("values") or {"file": d.get("path", d.get("id"))})
+        dropped.append({"id": d.get("id", d.get("path")), **drop.to_dict(), "stage": "scan"})
     kept: list[int] = []
     tasks = [{"chunk": c, "k": k} for k, c in enumerate(chunks)]
     cache: dict[int, tuple] = {}
     for recs in progress_bar(_map(_sample_task, tasks, state, workers, executor), len(tasks), "samples", progress):
         for r in recs:
             if "reason" in r:
-                dropped.append({k: r[k] for k in ("id", "reason", "stage")})
+                dropped.append({k: r[k] for k in ("id", "rule", "reason", "values", "stage")})
             else:
                 kept.append(r["i"])
                 if "cache" in r:
@@ -210,11 +231,16 @@ def build(source: Source | str, out: str | os.PathLike, config: BuildConfig = Bu
     partners: dict[str, dict[str, int]] = {}
     pos = {ids[i]: i for i in kept}
     for v in (v for v in variants if v.pairing):
-        plan, missing = plan_pairing([ids[i] for i in kept], [labels[i] for i in kept], C, config.seed,
-                                     v.name, v.pairing)
-        pairing[v.name] = plan
-        partners[v.name] = {f: pos[b] for f, b in plan.items()}
-        dropped += [{"id": sid, "reason": why, "stage": "variant", "variant": v.name} for sid, why in missing.items()]
+        pairing[v.name] = {}
+        for split in SPLITS:                      # partners only from the same split
+            mine = [i for i in kept if splits[i] == split]
+            plan, missing = plan_pairing([ids[i] for i in mine], [labels[i] for i in mine], C, config.seed,
+                                         v.name, v.pairing)
+            pairing[v.name].update(plan)
+            dropped += [{"id": sid, "rule": "no_partner", "reason": f"no_partner: {why} in the {split} split",
+                         "values": {"split": split}, "stage": "variant", "variant": v.name}
+                        for sid, why in missing.items()]
+        partners[v.name] = {f: pos[b] for f, b in pairing[v.name].items()}
     if partners:
         kchunks = [kept[a:a + cs] for a in range(0, len(kept), cs)]
         tasks = []
@@ -224,15 +250,36 @@ def build(source: Source | str, out: str | os.PathLike, config: BuildConfig = Bu
             tasks.append({"chunk": c, "partners": mine, "cache": {i: cache[i] for i in used if i in cache}})
         for recs in progress_bar(_map(_mixed_task, tasks, state, workers, executor), len(tasks), "mixed", progress):
             for r in recs:
-                dropped.append({k: r[k] for k in ("id", "reason", "stage", "variant")})
+                dropped.append({k: r[k] for k in ("id", "rule", "reason", "values", "stage", "variant")})
                 for name in r["variant"].split(","):
                     pairing[name].pop(r["id"], None)
 
-    manifest = _manifest(identity, variants, kept, ids, labels, class_dirs, classes, pairing, dropped)
+    manifest = _manifest(identity, variants, kept, ids, labels, splits, class_dirs, classes, pairing, dropped)
     shutil.rmtree(out / CACHE, ignore_errors=True)
     write_json(out / MANIFEST, manifest)
     (out / PARTIAL).unlink(missing_ok=True)
+    _fail_loudly(manifest, source.spec, out)
     return manifest
+
+
+MASK_HINT = ("give masks with --masks DIR (the same relative paths as the images, .png or .npy) or compute them "
+             "with --masks-from grabcut")
+
+
+def _fail_loudly(manifest: dict, spec: str, out: Path) -> None:
+    """No image kept: one clear error with the top reason and a hint; more than half dropped: a warning."""
+    c, top = manifest["counts"], manifest["drop_summary"][:1]
+    if not top:
+        return
+    rule, count, example = top[0]["rule"], top[0]["count"], top[0]["example"]
+    why = f"{count} for {rule} (e.g. {example})"
+    if c["kept"] == 0:
+        hint = MASK_HINT if rule in ("no_mask", "mask_missing", "mask_empty", "mask_unreadable", "mask_size") \
+            else "see the reasons in " + str(out / MANIFEST)
+        raise ValueError(f"The build of {spec!r} kept 0 of {c['total']} images: {why}; {hint}.")
+    if c["dropped"] * 2 > c["total"]:
+        warnings.warn(f"{c['dropped']} of {c['total']} images were dropped, most {why}; "
+                      f"the benchmark holds only {c['kept']}.", stacklevel=3)
 
 
 def _first_size(source: Source, config: BuildConfig) -> tuple[int, int]:
@@ -246,17 +293,25 @@ def _first_size(source: Source, config: BuildConfig) -> tuple[int, int]:
 
 
 def _manifest(identity: dict, variants: list[Variant], kept: list[int], ids: list[str], labels: list[int],
-              class_dirs: list[str], classes: list[str], pairing: dict, dropped: list[dict]) -> dict:
-    by_reason: dict[str, int] = {}
+              splits: list[str], class_dirs: list[str], classes: list[str], pairing: dict, dropped: list[dict]) -> dict:
+    by_rule: dict[str, list[dict]] = {}
+    dropped = sorted(dropped, key=lambda d: (d["stage"], str(d["id"]), d.get("variant", "")))
     for d in dropped:
-        by_reason[_reason_key(d["reason"])] = by_reason.get(_reason_key(d["reason"]), 0) + 1
+        by_rule.setdefault(d["rule"], []).append(d)
+    summary = sorted(({"rule": r, "count": len(ds), "example": f"{ds[0]['id']}: {ds[0]['reason']}"}
+                      for r, ds in by_rule.items()), key=lambda x: (-x["count"], x["rule"]))
+    per_split = {sp: sum(1 for i in kept if splits[i] == sp) for sp in SPLITS}
     return {**identity, "seed": identity["config"]["seed"], "classes": classes,
             "variants": {v.name: {**v.describe(), "count": len(pairing[v.name]) if v.pairing else len(kept)}
                          for v in variants},
-            "samples": [{"id": ids[i], "label": labels[i], "class_dir": class_dirs[labels[i]]} for i in kept],
+            "samples": [{"id": ids[i], "label": labels[i], "class_dir": class_dirs[labels[i]], "split": splits[i]}
+                        for i in kept],
+            "splits": {sp: k for sp, k in per_split.items() if k},
+            "split_of": dict(zip(ids, splits)),
             "pairing": {k: dict(sorted(p.items())) for k, p in pairing.items()},
-            "dropped": sorted(dropped, key=lambda d: (d["stage"], str(d["id"]), d.get("variant", ""))),
+            "dropped": dropped,
+            "drop_summary": summary,
             "counts": {"total": len(ids), "kept": len(kept),
                        "dropped": sum(1 for d in dropped if "variant" not in d),
                        "missing_variant_images": sum(1 for d in dropped if "variant" in d),
-                       "by_reason": dict(sorted(by_reason.items()))}}
+                       "by_reason": {r: len(ds) for r, ds in sorted(by_rule.items())}}}

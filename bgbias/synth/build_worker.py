@@ -13,9 +13,9 @@ from typing import Any, Sequence
 import cv2
 import numpy as np
 
-from bgbias.core.io import write_npy, write_png
-from bgbias.core.layout import MASK_DIR, SPLIT, safe_join
-from bgbias.core.sample import BadSample, Sample, check_mask_usable
+from bgbias.core.io import atomic_write_bytes, write_npy, write_png
+from bgbias.core.layout import MASK_DIR, safe_join
+from bgbias.core.sample import BadSample, Drop, Sample, check_mask_usable
 from bgbias.synth.backgrounds import MeanBackground, only_bg_t, resize_crop
 from bgbias.synth.variants import render_variants
 
@@ -44,23 +44,39 @@ def _prepared(i: int) -> Sample:
         e.stage = "load"
         raise
     except Exception as e:  # a reader bug or exotic file must not stop the build
-        bad = BadSample(f"cannot load ({type(e).__name__}: {e})", _STATE["ids"][i])
+        bad = BadSample(f"cannot load ({type(e).__name__}: {e})", _STATE["ids"][i], rule="load_error",
+                        values={"error": type(e).__name__})
         bad.stage = "load"
         raise bad from None
-    s = fit_sample(s, cfg.size)
     try:
         if s.mask is None:
-            raise BadSample("no foreground mask (give --masks DIR or a mask method)")
-        check_mask_usable(s.mask)
+            raise BadSample(f"no foreground mask for {s.id} ({MASK_HINT})", rule="no_mask", values={"id": s.id})
+        before = float((s.mask > 0.5).mean()) if cfg.size is not None else None
+        s = fit_sample(s, cfg.size)
+        if cfg.mask_threshold is not None:     # --binary-masks: what the official script reads
+            s = s.with_(mask=(s.mask >= cfg.mask_threshold).astype(np.float32))
+        try:
+            check_mask_usable(s.mask)
+        except BadSample as e:
+            if before is None or e.drop.rule != "mask_empty" or before < 1e-4:
+                raise
+            h, w = cfg.size
+            raise BadSample(f"the centre crop to {h}x{w} cut the object out ({100 * before:.2g}% of the image was "
+                            f"foreground before the crop, none after)", rule="crop_cut_object",
+                            values={"size": f"{h}x{w}", "fraction_before": round(before, 6)}) from None
     except BadSample as e:
         e.stage = "mask"
         raise
     return s
 
 
+MASK_HINT = "give --masks DIR or --masks-from grabcut"
+
+
 def _drop(i: int, exc: BaseException, stage: str | None = None) -> dict:
-    reason = exc.reason if isinstance(exc, BadSample) else f"unexpected {type(exc).__name__}: {exc}"
-    return {"i": i, "id": _STATE["ids"][i], "reason": reason, "stage": stage or getattr(exc, "stage", "variant")}
+    drop = exc.drop if isinstance(exc, BadSample) else Drop("unexpected_error", f"{type(exc).__name__}: {exc}",
+                                                             {"error": type(exc).__name__})
+    return {"i": i, "id": _STATE["ids"][i], **drop.to_dict(), "stage": stage or getattr(exc, "stage", "variant")}
 
 
 def _fit_task(chunk: Sequence[int]) -> dict:
@@ -96,7 +112,7 @@ def _sample_task(task: dict) -> list[dict]:
                 records.append(_drop(i, e))
                 continue
             for v in todo:
-                write_png(paths[v.name], images[v.name], cfg.png_compression)
+                _write_image(paths[v.name], images[v.name])
             if not mpath.exists():
                 write_npy(mpath, s.mask.astype(np.float32))
             rec: dict[str, Any] = {"i": i}
@@ -135,13 +151,35 @@ def _cached(i: int, which: int) -> np.ndarray | None:
     return arr.reshape(h, w, 3)
 
 
-def _path(variant_dir: str, i: int, ext: str = ".png") -> Path:
-    """OUT/<variant_dir>/val/<class>/<id><ext>; folders checked by ``safe_join`` once, ids checked in :func:`build`."""
-    cdir = _STATE["class_dirs"][_STATE["labels"][i]]
-    key = (variant_dir, cdir)
+def _write_image(path: Path, image: np.ndarray) -> None:
+    """PNG, or JPEG (quality 95, 4:4:4; deterministic bytes for one libjpeg) for builds the official scripts read."""
+    cfg = _STATE["config"]
+    if cfg.image_format == "jpeg":
+        ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(image[:, :, ::-1]),
+                               [cv2.IMWRITE_JPEG_QUALITY, 95, cv2.IMWRITE_JPEG_SAMPLING_FACTOR,
+                                cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444])
+        if not ok:
+            raise BadSample(f"cannot encode {path.name} as JPEG")
+        atomic_write_bytes(path, buf.tobytes())
+    else:
+        write_png(path, image, cfg.png_compression)
+
+
+def _lossless() -> bool:
+    """Whether images read back from disk equal the rendered ones (PNG); JPEG read-backs are re-rendered instead."""
+    return _STATE["config"].image_format == "png"
+
+
+def _path(variant_dir: str, i: int, ext: str | None = None) -> Path:
+    """OUT/<variant_dir>/<split>/<class>/<id><ext> (ext: the build's image format by default); folders checked by
+    ``safe_join`` once, ids checked in :func:`build`."""
+    if ext is None:
+        ext = ".JPEG" if _STATE["config"].image_format == "jpeg" else ".png"
+    cdir, split = _STATE["class_dirs"][_STATE["labels"][i]], _STATE["splits"][i]
+    key = (variant_dir, split, cdir)
     d = _DIRS.get(key)
     if d is None:
-        d = _DIRS[key] = safe_join(_STATE["out"], variant_dir, SPLIT, cdir)
+        d = _DIRS[key] = safe_join(_STATE["out"], variant_dir, split, cdir)
     return d / (_STATE["ids"][i] + ext)
 
 
@@ -157,7 +195,7 @@ def _foreground(i: int) -> Sample:
     image = _cached(i, 0)
     if image is not None:
         return Sample(image, np.load(mp_, allow_pickle=False), _STATE["labels"][i], _STATE["ids"][i])
-    if "original" in _STATE["written"] and p.exists() and mp_.exists():
+    if "original" in _STATE["written"] and p.exists() and mp_.exists() and _lossless():
         return Sample(_read_png(p), np.load(mp_, allow_pickle=False), _STATE["labels"][i], _STATE["ids"][i])
     return _prepared(i)
 
@@ -167,7 +205,7 @@ def _background(j: int) -> np.ndarray:
     if cached is not None:
         return cached
     p = _path("only_bg_t", j)
-    if "only_bg_t" in _STATE["written"] and p.exists():
+    if "only_bg_t" in _STATE["written"] and p.exists() and _lossless():
         return _read_png(p)
     s = _prepared(j)
     return only_bg_t(s.image, s.object_boxes())
@@ -196,7 +234,7 @@ def _mixed_task(task: dict) -> list[dict]:
             records.append({**_drop(i, e, "variant"), "variant": ",".join(v.name for v in todo)})
             continue
         for v in todo:
-            write_png(_path(v.dirname, i), images[v.name], cfg.png_compression)
+            _write_image(_path(v.dirname, i), images[v.name])
     return records
 
 
@@ -222,4 +260,4 @@ def fit_sample(sample: Sample, size: tuple[int, int] | None) -> Sample:
 
 
 _STATE: dict[str, Any] = {}
-_DIRS: dict[tuple[str, str], Path] = {}
+_DIRS: dict[tuple[str, str, str], Path] = {}

@@ -54,6 +54,9 @@ class SpuriousSource(Source):
         others = [f for f in dict.fromkeys(self.families) if f != own]
         return others[int(rng.integers(len(others)))]
 
+    def splits(self):
+        return self.base.splits()
+
     def family_of(self, i: int) -> str:
         return self._family[i]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from bgbias.core.registry import Registry
-from bgbias.models.nets import ARCHS
+from bgbias.models.nets import ARCHS, NORMS
 
 # Recipes register themselves in bgbias.train.recipes (imported on first use).
 RECIPES: Registry = Registry("recipe", plugins=("bgbias.train.recipes",))
@@ -33,7 +33,9 @@ class TrainConfig:
     seed: int = 0
     device: str = "cpu"
     size: tuple[int, int] | None = None          # resize inputs to (H, W); None keeps the data's size
-    val_fraction: float = 0.1
+    val_fraction: float = 0.1                    # source specs only; a build dir validates on its 'val' split
+    norm: str = "batch"                          # small-cnn normalisation: batch (with --min-steps) or group
+    min_steps: int = 100                         # at least this many optimiser steps (smaller batches, more passes)
     families: tuple[str, ...] = ("bank",)        # bg-augment: background spec (bgbias.synth.bank), FAMILY[=W],...
     p: float = 0.8                               # bg-augment: chance a sample's background is swapped
     true_masks: bool = False                     # adversarial: use the data's masks instead of f_m
@@ -57,6 +59,10 @@ class TrainConfig:
             raise ValueError(f"Unknown optimizer {self.optimizer!r}; valid: {', '.join(OPTIMIZERS)}.")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"Unknown schedule {self.schedule!r}; valid: {', '.join(SCHEDULES)}.")
+        if self.norm not in NORMS:
+            raise ValueError(f"Unknown normalisation {self.norm!r}; valid: {', '.join(NORMS)}.")
+        if int(self.min_steps) < 0:
+            raise ValueError(f"--min-steps must be >= 0, got {self.min_steps}.")
         if self.threshold not in ("quantile", "otsu"):
             raise ValueError(f"Unknown threshold {self.threshold!r}; valid: quantile, otsu.")
         for name in ("epochs", "batch_size", "mask_epochs"):

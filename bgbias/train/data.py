@@ -1,4 +1,4 @@
-"""data: split from the former bgbias.train.recipes."""
+"""Training data in memory: a source spec (split by ``--val-fraction``) or a build's ``train``/``val`` splits."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -22,6 +22,12 @@ class TrainData:
     ids: list[str]
     classes: list[str]
     skipped: list[dict]
+
+    def subset(self, rows: torch.Tensor | list[int]) -> "TrainData":
+        """The rows ``rows`` (a train or validation part), same classes; ``skipped`` stays with the whole."""
+        rows = torch.as_tensor(rows, dtype=torch.long)
+        return TrainData(self.images[rows], None if self.masks is None else self.masks[rows], self.labels[rows],
+                         [self.ids[int(r)] for r in rows], self.classes, self.skipped)
 
     def samples(self, rows: list[int]) -> list[Sample]:
         """``Sample`` objects for fitting backgrounds (``mean``)."""
@@ -49,15 +55,17 @@ def _resize(image: np.ndarray, mask: np.ndarray | None, size: tuple[int, int] | 
     return image, mask
 
 
-def load_data(data: str, variant: str = "original", size: tuple[int, int] | None = None) -> TrainData:
-    """Read a source spec (``digits``, ``mnist:DIR``, ...) or a build dir's ``variant`` into memory."""
+def load_data(data: str, variant: str = "original", size: tuple[int, int] | None = None,
+              split: str | None = None) -> TrainData:
+    """Read a source spec (``digits``, ``mnist:DIR``, ...) or a build dir's ``variant`` (in ``split``, or every
+    split when None) into memory."""
     images, masks, labels, ids, skipped = [], [], [], [], []
 
     def add(image: np.ndarray, mask: np.ndarray | None, label: int, sid: str) -> None:
         image, mask = _resize(image, mask, size)
         if images and image.shape != images[0].shape:
             raise ValueError(f"Images differ in size ({image.shape[1]}x{image.shape[0]} vs "
-                             f"{images[0].shape[1]}x{images[0].shape[0]}); pass --size H W.")
+                             f"{images[0].shape[1]}x{images[0].shape[0]}); pass --size HxW (e.g. 64x64).")
         images.append(image)
         masks.append(mask)
         labels.append(int(label))
@@ -67,7 +75,7 @@ def load_data(data: str, variant: str = "original", size: tuple[int, int] | None
         from bgbias.core.layout import find_mask, list_classes, list_items
 
         classes = list_classes(data, variant)
-        for item in list_items(data, variant):
+        for item in list_items(data, variant, split):
             try:
                 image = read_image(item.path)
                 mpath = find_mask(data, item)
@@ -92,3 +100,35 @@ def load_data(data: str, variant: str = "original", size: tuple[int, int] | None
     if all(m is not None for m in masks):
         msk = torch.from_numpy(np.rint(np.stack(masks) * 255.0).astype(np.uint8))
     return TrainData(img, msk, torch.tensor(labels, dtype=torch.long), ids, classes, skipped)
+
+
+def load_train_val(data: str, variant: str, size: tuple[int, int] | None, val_fraction: float,
+                   seed: int) -> tuple[TrainData, TrainData | None, dict]:
+    """(train, validation or None, where each came from).
+
+    A build dir: ``variant``'s ``train`` split to train on, ``original``'s ``val`` split to validate on
+    (a build without ``train`` is one clear sentence saying to rebuild with ``--holdout``). A source spec:
+    a seeded ``val_fraction`` of its samples validates, as ``--val-fraction`` says.
+    """
+    from bgbias.core.layout import list_splits, require_split
+
+    if is_build_dir(data):
+        require_split(data, "train", variant if (Path(data) / variant).is_dir() else "original")
+        train = load_data(data, variant, size, split="train")
+        val = load_data(data, "original", size, split="val") if "val" in list_splits(data, "original") else None
+        if val is not None and val.images.shape[-2:] != train.images.shape[-2:]:
+            raise ValueError(f"The train and val images of {data} differ in size; pass --size HxW (e.g. 64x64).")
+        return train, val, {"train": f"{variant}/train", "val": "original/val" if val is not None else None}
+    full = load_data(data, "original", size)
+    return (*split_rows(full, val_fraction, seed), {"train": "source", "val": f"val_fraction {val_fraction:g}"})
+
+
+def split_rows(full: TrainData, val_fraction: float, seed: int) -> tuple[TrainData, TrainData | None]:
+    """A seeded ``val_fraction`` of the rows for validation (None when 0), the rest for training."""
+    from bgbias.core.seeding import torch_generator
+
+    n = len(full.labels)
+    perm = torch.randperm(n, generator=torch_generator(seed, "split"))
+    n_val = int(round(val_fraction * n))
+    val_rows, train_rows = perm[:n_val].sort().values, perm[n_val:].sort().values
+    return full.subset(train_rows), (full.subset(val_rows) if n_val else None)

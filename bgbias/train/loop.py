@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -26,18 +27,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from bgbias.core.io import write_json
+from bgbias.core.record import build_record
 from bgbias.core.seeding import derive_seed, torch_generator
 from bgbias.models.checkpoint import load_checkpoint, safe_torch_load, save_checkpoint
 from bgbias.models.nets import ARCHS, create_arch
+from bgbias.models.load import IMAGENET_MEAN, IMAGENET_STD
 from bgbias.train.config import OPTIMIZERS, SCHEDULES, TrainConfig
-from bgbias.train.data import TrainData, is_build_dir, load_data
+from bgbias.train.data import TrainData, is_build_dir, load_data, load_train_val, split_rows
 from bgbias.train.recipes import RECIPES, Augment, Recipe
 
 # the config, data and recipe names are re-exported: callers import them from here
 __all__ = ["OPTIMIZERS", "SCHEDULES", "RECIPES", "Augment", "Recipe", "TrainConfig", "TrainData", "load_data",
            "preprocess_for", "build_model", "make_optimizer", "normalizer", "accuracy", "run_epoch", "train"]
 
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 # ---------------------------------------------------------------------------------------------- model
@@ -48,20 +50,55 @@ def preprocess_for(cfg: TrainConfig, data: TrainData) -> dict[str, Any]:
     return {"size": list(data.images.shape[-2:]), "mean": list(mean), "std": list(std)}
 
 
+def arch_kwargs(cfg: TrainConfig) -> dict[str, Any]:
+    """Architecture options saved in the checkpoint: small-cnn's normalisation (``--norm``)."""
+    return {"norm": cfg.norm} if cfg.arch == "small-cnn" else {}
+
+
 def build_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
-    """Seeded init (global RNG forked so the caller's is untouched), then optional ``--pretrained`` weights."""
+    """Seeded init (global RNG forked so the caller's is untouched), then optional ``--pretrained`` weights.
+
+    ``--pretrained FILE`` (a state dict, e.g. torchvision's ``resnet18-*.pth``, or a bgbias checkpoint) is read
+    with ``weights_only=True``; every tensor whose name and shape fit is loaded, the rest (the classifier
+    head of another class count) keeps its fresh init. What was loaded is in ``model.pretrained_report``.
+    """
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(cfg.seed, "init"))
-        model = create_arch(cfg.arch, num_classes)
+        model = create_arch(cfg.arch, num_classes, **arch_kwargs(cfg))
+    model.pretrained_report = None
     if cfg.pretrained:
         state = safe_torch_load(cfg.pretrained)
         state = state.get("state_dict", state) if isinstance(state, dict) else state
+        if not isinstance(state, dict):
+            raise ValueError(f"{cfg.pretrained} holds no state dict (a mapping of tensor names to tensors).")
+        state = {k.removeprefix("module."): v for k, v in state.items() if torch.is_tensor(v)}
         own = model.state_dict()
         fits = {k: v for k, v in state.items() if k in own and tuple(v.shape) == tuple(own[k].shape)}
         if not fits:
-            raise ValueError(f"No weights in {cfg.pretrained} fit architecture {cfg.arch!r}.")
+            raise ValueError(f"No weights in {cfg.pretrained} fit architecture {cfg.arch!r} (e.g. the file has "
+                             f"{next(iter(state), 'nothing')!r}, the model {next(iter(own))!r}).")
         model.load_state_dict(fits, strict=False)
+        model.pretrained_report = {"file": str(cfg.pretrained), "loaded": len(fits), "of_model": len(own),
+                                   "not_loaded": sorted(k for k in own if k not in fits)[:20]}
     return model
+
+
+MIN_BATCH = 16
+
+
+def step_plan(n_train: int, batch_size: int, epochs: int, min_steps: int) -> tuple[int, int]:
+    """(batch size, passes over the data per epoch) so a run takes at least ``min_steps`` optimiser steps.
+
+    A small set first gets smaller batches (down to 16: the same images per epoch, more steps), then
+    several passes per epoch. 254 images at batch 128 for 5 epochs were 10 steps: too few to learn.
+    """
+    bs = max(1, min(int(batch_size), n_train))
+    if min_steps and epochs * math.ceil(n_train / bs) < min_steps:
+        want = math.ceil(min_steps / max(epochs, 1))                   # steps per epoch
+        bs = max(min(int(batch_size), MIN_BATCH), min(bs, math.ceil(n_train / want)))
+    steps = epochs * math.ceil(n_train / bs)
+    passes = max(1, math.ceil(min_steps / steps)) if min_steps and steps else 1
+    return bs, passes
 
 
 def make_optimizer(cfg: TrainConfig, model: nn.Module, total_steps: int):
@@ -105,13 +142,19 @@ def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, norm:
 
 # ----------------------------------------------------------------------------------------------- loop
 def run_epoch(model, opt, sched, data: TrainData, rows: torch.Tensor, cfg: TrainConfig, phase: str, epoch: int,
-              augment: Augment | None, norm: Callable, device: torch.device, progress: bool) -> dict[str, float]:
-    """One pass over ``rows`` in a seeded order; returns mean loss and train accuracy (on augmented inputs)."""
+              augment: Augment | None, norm: Callable, device: torch.device, progress: bool,
+              batch_size: int | None = None, passes: int = 1) -> dict[str, float]:
+    """``passes`` passes over ``rows``, each in a seeded order; returns mean loss and train accuracy (on augmented
+    inputs)."""
     from tqdm.auto import tqdm
 
     model.train()
-    order = rows[torch.randperm(len(rows), generator=torch_generator(cfg.seed, "shuffle", phase, epoch))]
-    batches = [order[i:i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
+    bs = batch_size or cfg.batch_size
+    batches = []
+    for k in range(passes):
+        key = (phase, epoch) if k == 0 else (phase, epoch, "pass", k)
+        order = rows[torch.randperm(len(rows), generator=torch_generator(cfg.seed, "shuffle", *key))]
+        batches += [order[i:i + bs] for i in range(0, len(order), bs)]
     loss_sum, correct, seen, t0 = 0.0, 0, 0, time.time()
     bar = tqdm(batches, desc=f"{phase} {epoch + 1}", leave=False, disable=not progress, dynamic_ncols=True)
     for step, idx in enumerate(bar):
@@ -147,19 +190,20 @@ def train(cfg: TrainConfig, progress: bool = True, stop_after: int | None = None
     device = torch.device(cfg.device)
     out = Path(cfg.out)
     if data is None:
-        data = load_data(cfg.data, recipe.variant if is_build_dir(cfg.data) else "original", cfg.size)
+        variant = recipe.variant if is_build_dir(cfg.data) else "original"
+        data, val, origin = load_train_val(cfg.data, variant, cfg.size, cfg.val_fraction, cfg.seed)
+    else:
+        (data, val), origin = split_rows(data, cfg.val_fraction, cfg.seed), {"train": "given", "val": "val_fraction"}
     data = dataclasses.replace(data)  # recipes may swap in learned masks; the caller's object stays as given
-    n = len(data.labels)
-    perm = torch.randperm(n, generator=torch_generator(cfg.seed, "split"))
-    n_val = int(round(cfg.val_fraction * n))
-    val_rows, train_rows = perm[:n_val].sort().values, perm[n_val:].sort().values
+    train_rows = torch.arange(len(data.labels))
+    n_val = 0 if val is None else len(val.labels)
     preprocess = preprocess_for(cfg, data)
     norm = normalizer(preprocess, device)
     model = build_model(cfg, len(data.classes)).to(device)
     config = dataclasses.asdict(cfg)
-    meta = {"arch": cfg.arch, "arch_kwargs": {}, "classes": data.classes, "preprocess": preprocess,
+    meta = {"arch": cfg.arch, "arch_kwargs": arch_kwargs(cfg), "classes": data.classes, "preprocess": preprocess,
             "recipe": cfg.recipe, "seed": cfg.seed, "config": config, "families_seen": recipe.seen(cfg),
-            "epoch": 0}
+            "epoch": 0, "train_data": str(cfg.data), "train_ids": list(data.ids)}
 
     # resume: weights, history, and where we were (phase index, epoch within phase)
     history: list[dict] = []
@@ -180,22 +224,23 @@ def train(cfg: TrainConfig, progress: bool = True, stop_after: int | None = None
 
     ctx: dict[str, Any] = {"norm": norm, "device": device, "train_rows": train_rows, "extra": extra,
                            "progress": progress}
-    steps_per_epoch = math.ceil(len(train_rows) / cfg.batch_size)
-    done_now = 0
+    done_now, plans = 0, {}
     for pi, (phase, epochs) in enumerate(recipe.phases(cfg)):
+        bs, passes = plans[phase] = step_plan(len(train_rows), cfg.batch_size, epochs, cfg.min_steps)
         if pi < start_phase:
             continue
         augment = recipe.augment(phase, cfg, data, model, ctx)
-        opt, sched = make_optimizer(cfg, model, epochs * steps_per_epoch)
+        opt, sched = make_optimizer(cfg, model, epochs * passes * math.ceil(len(train_rows) / bs))
         first = start_epoch if pi == start_phase else 0
         if first and "optimizer" in extra:
             opt.load_state_dict(extra["optimizer"])
             sched.load_state_dict(extra["scheduler"])
         for epoch in range(first, epochs):
-            stats = run_epoch(model, opt, sched, data, train_rows, cfg, phase, epoch, augment, norm, device, progress)
+            stats = run_epoch(model, opt, sched, data, train_rows, cfg, phase, epoch, augment, norm, device, progress,
+                              bs, passes)
             row = {"epoch": len(history) + 1, "phase": phase, **stats}
             if n_val:
-                row["val_accuracy"] = accuracy(model, data.images[val_rows], data.labels[val_rows], norm, device)
+                row["val_accuracy"] = accuracy(model, val.images, val.labels, norm, device)
             history.append(row)
             if progress:
                 print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
@@ -213,11 +258,32 @@ def train(cfg: TrainConfig, progress: bool = True, stop_after: int | None = None
         extra = {}
 
     final = {"train_accuracy": history[-1]["train_accuracy"] if history else None}
+    reference = None
     if n_val:
         final["val_accuracy"] = history[-1]["val_accuracy"]
+        reference = reference_rates(val.labels, data.classes)
+        if final["val_accuracy"] <= reference["majority_rate"] + 1e-12:
+            warnings.warn(
+                f"Validation accuracy {100 * final['val_accuracy']:.1f}% is not above the majority-class rate "
+                f"{100 * reference['majority_rate']:.1f}% (always predicting {reference['majority_class']!r}; "
+                f"chance is {100 * reference['chance_rate']:.1f}%): the model learned nothing beyond the class "
+                "balance. Train longer (--epochs), fine-tune pretrained weights (--pretrained FILE with a torchvision "
+                "--arch), or add images.", stacklevel=2)
     metrics = {"kind": "bgbias-train/1", "recipe": cfg.recipe, "arch": cfg.arch, "classes": data.classes,
                "families_seen": meta["families_seen"], "config": config, "history": history, "final": final,
-               "n_train": len(train_rows), "n_val": n_val, "skipped": data.skipped}
+               "n_train": len(train_rows), "n_val": n_val, "data_splits": origin, "reference": reference,
+               "steps": {ph: {"batch_size": b, "passes_per_epoch": k} for ph, (b, k) in plans.items()},
+               "pretrained": model.pretrained_report, "skipped": data.skipped}
     save_checkpoint(out / "model.pt", model.state_dict(), {**meta, "epoch": len(history)})
+    metrics["record"] = build_record([cfg.pretrained] if cfg.pretrained else [], model, device, cfg.seed, cfg.data,
+                                     preprocess)
     write_json(out / "metrics.json", metrics)
     return metrics
+
+
+def reference_rates(labels: torch.Tensor, classes: list[str]) -> dict[str, Any]:
+    """Chance (1/C) and the majority-class rate of ``labels``: what an accuracy must beat to mean anything."""
+    counts = torch.bincount(labels, minlength=len(classes))
+    top = int(counts.argmax())
+    return {"chance_rate": 1.0 / max(len(classes), 1), "majority_rate": float(counts[top]) / max(int(counts.sum()), 1),
+            "majority_class": classes[top], "n": int(counts.sum())}
