@@ -282,5 +282,5 @@ def test_coco_malformed_inputs(coco):
 def test_options_a_family_does_not_use_are_one_clear_error(voc):
     with pytest.raises(ValueError, match="Source 'voc' does not take option.*foreground"):
         create_source(f"voc:{voc}", foreground="all")
-    with pytest.raises(ValueError, match="Unknown mask method 'grabcat'; valid: given, grabcut, model, threshold"):
+    with pytest.raises(ValueError, match="Unknown mask method 'grabcat'; valid: given, grabcut, grabcut_fast, model, threshold. Did you mean 'grabcut'"):
         create_source(f"voc:{voc}", masks_from="grabcat")

@@ -270,7 +270,7 @@ def test_challenge_with_a_centre_crop_keeps_masks_aligned():
     """A timm-style resize-then-crop applies to the image and its mask alike, so composites stay exact."""
     from types import SimpleNamespace
 
-    from bgbias.audit.challenge import _prep_fg
+    from bgbias.audit.challenge_search import prep_fg as _prep_fg
     from bgbias.models.load import Preprocess
 
     pp = Preprocess("crop", (6, 6), resize_to=8)             # keep 8 px, crop the central 6 x 6
