@@ -12,7 +12,6 @@ local file only, never downloaded), ``bgbias:<arch>`` (the registry ``DETECTORS`
 from __future__ import annotations
 
 import hashlib
-import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from torch import nn
 
 from bgbias.core.registry import Registry
 from bgbias.models.checkpoint import FORMAT, safe_torch_load
+from bgbias.models.load import import_factory
 
 DETECTORS: Registry[nn.Module] = Registry("detector", plugins=("bgbias.detect.centernet",))
 
@@ -104,14 +104,7 @@ def load_detector(spec: str, weights: str | None = None, num_classes: int | None
     """Any detector spec (see the module docstring) -> :class:`LoadedDetector` in eval mode, on the CPU."""
     info: dict[str, Any] = {"spec": spec}
     if spec.startswith("module:"):
-        mod_name, _, fn = spec[len("module:"):].rpartition(":")
-        if not mod_name or not fn:
-            raise ValueError(f"Model spec {spec!r} must be module:pkg.mod:factory.")
-        try:
-            factory = getattr(importlib.import_module(mod_name), fn)
-        except (ImportError, AttributeError) as e:
-            raise ValueError(f"Cannot import {fn!r} from {mod_name!r} ({e}).") from None
-        module = factory()
+        module = import_factory(spec[len("module:"):])()
         if not isinstance(module, nn.Module):
             raise TypeError(f"{spec} returned {type(module).__name__}, not a torch nn.Module.")
         return LoadedDetector(module.eval(), spec, info)

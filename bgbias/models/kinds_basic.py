@@ -4,7 +4,6 @@ Each is ``factory(arg, opts=LoadOptions) -> LoadedModel``; :func:`bgbias.models.
 """
 from __future__ import annotations
 
-import importlib
 import os
 from pathlib import Path
 from typing import Any
@@ -13,7 +12,7 @@ import torch
 from torch import nn
 
 from bgbias.models.checkpoint import _first_line, load_checkpoint, safe_torch_load
-from bgbias.models.load import MODEL_KINDS, PRESETS, LoadedModel, LoadOptions, preprocess_from_meta
+from bgbias.models.load import MODEL_KINDS, PRESETS, LoadedModel, LoadOptions, import_factory, preprocess_from_meta
 from bgbias.models.nets import ARCHS, create_arch
 
 
@@ -116,13 +115,8 @@ def checkpoint_kind(file: str, opts: LoadOptions) -> LoadedModel:
 @MODEL_KINDS.register("module", path_arg=True, help="pkg.mod:factory")
 def module_kind(rest: str, opts: LoadOptions) -> LoadedModel:
     """``factory()`` (or ``factory(num_classes=...)``) from an importable module, optionally with a state dict."""
-    mod_name, _, fn_name = rest.rpartition(":")
-    if not mod_name or not fn_name:
-        raise ValueError(f"Model spec 'module:{rest}' must be module:pkg.mod:factory.")
-    try:
-        factory = getattr(importlib.import_module(mod_name), fn_name)
-    except (ImportError, AttributeError) as e:
-        raise ValueError(f"Cannot import {fn_name!r} from module {mod_name!r} ({e}).") from None
+    fn_name = rest.rpartition(":")[2]
+    factory = import_factory(rest)
     module = factory(num_classes=opts.num_classes) if opts.num_classes else factory()
     if not isinstance(module, nn.Module):
         raise TypeError(f"{rest} returned {type(module).__name__}, expected a torch.nn.Module.")

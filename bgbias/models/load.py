@@ -202,6 +202,17 @@ MODEL_KINDS: Registry[LoadedModel] = Registry(
                            "bgbias.models.kinds_clip"))
 
 
+def import_factory(spec: str) -> Any:
+    """``pkg.mod:factory`` -> that callable (for ``module:`` classifiers and detectors), or one sentence."""
+    mod_name, _, fn_name = spec.rpartition(":")
+    if not mod_name or not fn_name:
+        raise ValueError(f"Model spec 'module:{spec}' must be module:pkg.mod:factory.")
+    try:
+        return getattr(importlib.import_module(mod_name), fn_name)
+    except (ImportError, AttributeError) as e:
+        raise ValueError(f"Cannot import {fn_name!r} from module {mod_name!r} ({e}).") from None
+
+
 def require(module: str, extra: str, kind: str) -> Any:
     """Import an optional library, or fail with the one sentence that says how to get it."""
     try:
