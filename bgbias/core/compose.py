@@ -13,9 +13,11 @@ import torch
 
 def _as_mask(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """``[..., H, W]`` or ``[..., 1, H, W]`` mask -> broadcastable ``[..., 1, H, W]`` (float or bool)."""
-    if mask.ndim == like.ndim - 1:
+    # [H, W], or [..., H, W] with fewer leading dims than the image: add the channel axis; a leading
+    # 1 (``[1, H, W]``) reads the same either way, so it is taken as the channel axis.
+    if mask.ndim == 2 or (mask.ndim < like.ndim and mask.shape[-3] != 1):
         mask = mask.unsqueeze(-3)
-    if mask.ndim != like.ndim or mask.shape[-2:] != like.shape[-2:]:
+    if mask.ndim > like.ndim or mask.ndim < 3 or mask.shape[-3] != 1 or mask.shape[-2:] != like.shape[-2:]:
         raise ValueError(
             f"Mask shape {tuple(mask.shape)} does not fit image shape {tuple(like.shape)}; "
             "expected [..., H, W] or [..., 1, H, W] with the same H, W.")
