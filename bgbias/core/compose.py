@@ -63,7 +63,8 @@ def compose(fg: torch.Tensor, bg: torch.Tensor, mask: torch.Tensor) -> torch.Ten
             return _blend_u8(fg, bg, m)
         # Outside the mask's box every pixel is bg: blend only inside it (objects are a fraction of the frame)
         sl = (..., slice(box[0], box[1]), slice(box[2], box[3]))
-        shape = torch.broadcast_shapes(fg.shape, bg.shape, m.shape[:-3] + (1,) + m.shape[-2:])
+        # numpy's rule is torch's; torch.broadcast_shapes would import torch._refs (sympy: ~1 s per process)
+        shape = torch.Size(np.broadcast_shapes(fg.shape, bg.shape, m.shape[:-3] + (1,) + m.shape[-2:]))
         out = bg.clone() if bg.shape == shape else bg.expand(shape).clone(memory_format=torch.contiguous_format)
         out[sl] = _blend_u8(fg[sl], bg[sl], m[sl])
         return out
