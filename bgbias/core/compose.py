@@ -54,6 +54,8 @@ def compose(fg: torch.Tensor, bg: torch.Tensor, mask: torch.Tensor) -> torch.Ten
         raise TypeError(f"fg and bg must share a dtype, got {fg.dtype} and {bg.dtype}.")
     m = _as_mask(mask, fg)
     if fg.dtype == torch.uint8:
+        if m.dtype != torch.bool and m.device.type == "cpu" and bool(((m == 0) | (m == 1)).all()):
+            m = m.bool()                          # a hard mask stored as float: same bytes, integer path
         if m.dtype == torch.bool:
             mu = _fit_layout(m.to(torch.uint8), fg)
             return fg * mu + bg * (1 - mu)        # exactly fg where 1, bg where 0
