@@ -117,8 +117,8 @@ def table(name: str, rows: list[dict]) -> str:
     best = max(rows, key=lambda r: r["worst_group"] or -1)
     erm = rows[0]
     out.append(f"best worst-group: {best['method']} ({_p(best['worst_group']).strip()}% vs ERM "
-               f"{_p(erm['worst_group']).strip()}%); lowest BG-gap: "
-               f"{min(rows, key=lambda r: r['bg_gap'])['method']}; best challenge: "
+               f"{_p(erm['worst_group']).strip()}%); BG-gap closest to 0: "
+               f"{min(rows, key=lambda r: abs(r['bg_gap']))['method']}; best challenge: "
                f"{max(rows, key=lambda r: r['challenge'] or -1)['method']}")
     return "\n".join(out)
 

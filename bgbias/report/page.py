@@ -178,7 +178,8 @@ def _groups(inputs: ReportInputs) -> dict | None:
                                     "too_small": g.get("too_small")}, False),
                          _code(worst) if worst else Markup("none eligible"), n_worst,
                          _rate_cell(g.get("mean_group_accuracy")), _rate_cell(g.get("weighted_accuracy")),
-                         Markup("{} of {}").format(g.get("eligible", ""), g.get("n_groups", "")), g.get("min_count", "")])
+                         Markup("{} of {}").format(g.get("eligible", ""), g.get("n_groups", "")),
+                         g.get("min_count", "")])
     if not rows:
         return None
     return {"head": ["model", "variant", "accuracy", "worst-group accuracy", "worst group", "its images",
