@@ -295,3 +295,16 @@ def test_sparse_results_still_render(tmp_path):
     text = (tmp_path / "r.html").read_text("utf-8")
     assert "No build folder" in text and "No saliency.json" in text
     assert text.count("<img") == 2                       # summary and accuracy plots only
+
+
+def test_report_decides_seen_in_training_by_evals_one_rule():
+    """When eval.json does not know (null), the report falls back to the same rule eval applies."""
+    from bgbias.audit.evaluate import seen_in_training as eval_rule
+    from bgbias.report.figures import seen
+    from bgbias.report.inputs import ModelResults
+
+    m = ModelResults("k", docs={"metrics": {"families_seen": ["mean", "other_sample", "texture:stripes"]}})
+    for v in ("mean", "mean_color", "mixed_next", "texture:stripes:8", "texture:board:8", "original"):
+        assert seen(m, v, {"seen_in_training": None}) is bool(eval_rule(v, m.families_seen)), v
+    assert [seen(m, v, {}) for v in ("mean_color", "mixed_next")] == [False, True]
+    assert seen(m, "original", {"seen_in_training": True}) is True
