@@ -90,7 +90,7 @@ def test_families_seen_names_variants_that_eval_marks():
 
     seen = families_seen("bank")
     assert "texture:stripes" in seen and "color" in seen and "mixed_rand" in seen
-    assert seen_in_training("texture_stripes_8", seen) and seen_in_training("color_red", seen)
+    assert seen_in_training("texture:stripes:8", seen) and seen_in_training("color:red", seen)
     assert not seen_in_training("mean", seen)
 
 

@@ -42,7 +42,7 @@ def _groups(acc: float, backgrounds: list[str]) -> dict:
 
 
 def _eval(model: str, accs: dict[str, float], seen: set[str], families: list[str], build: Path) -> dict:
-    variants = {_dirname(v): {"accuracy": a, "ci95": [max(a - 0.05, 0), min(a + 0.05, 1)], "n": 6, "correct": round(6 * a),
+    variants = {v: {"accuracy": a, "ci95": [max(a - 0.05, 0), min(a + 0.05, 1)], "n": 6, "correct": round(6 * a),
                     "per_class": {c: {"accuracy": a, "n": 2} for c in CLASSES},
                     "confusion": [[2, 0, 0], [0, 2, 0], [0, 0, 2]], "seen_in_training": v in seen,
                     "outside_map": [0, 0, 0]}
@@ -199,8 +199,8 @@ def test_summary_sentences_and_results(report):
     base, aug = on_disk["models"]
     assert base["bg_gap"]["value"] == pytest.approx(0.40) and aug["bg_gap"]["value"] == pytest.approx(0.05)
     assert "BG-gap +40.0 points" in base["summary"] and "challenge accuracy 20%" in base["summary"]
-    assert aug["variants"]["color_red"]["seen_in_training"] and not base["variants"]["color_red"]["seen_in_training"]
-    assert aug["variants"]["texture_stripes_4"]["name"] == "texture:stripes:4"  # folder -> name via the manifest
+    assert aug["variants"]["color:red"]["seen_in_training"] and not base["variants"]["color:red"]["seen_in_training"]
+    assert aug["variants"]["texture:stripes:4"]["name"] == "texture:stripes:4"  # keyed by canonical names
     assert aug["top_fooling"][0] == {"class": EVIL, "background": "s4", "fool_rate": 0.75, "n_tested": 4}
     text = out.read_text("utf-8")
     assert text.index('id="summary"') < text.index('id="accuracy"')
@@ -256,6 +256,28 @@ def test_saliency_section_shows_localisation_metrics(report):
     assert "50.0 <span class=\"ci\">chance 30.0</span>" in other[:other.index("</tr>")]
     loc = results["models"][0]["localisation"]["gradcam"]["original"]
     assert loc == {"fg_share": 0.71, "relevance_rank_accuracy": 0.523, "pointing_game": 0.834, "iou_top": 0.412}
+
+
+def test_older_results_keyed_by_folder_read_like_canonical_ones(tmp_path):
+    """eval.json / saliency.json written before canonical keys (``color_red``) give the same report."""
+    paths = write_fixture(tmp_path)
+    new = write_report(paths, tmp_path / "new" / "report.html")
+    for p in paths:
+        doc = json.loads(p.read_text())
+        if doc.get("kind") == "bgbias-eval/1":
+            doc["variants"] = {_dirname(k): v for k, v in doc["variants"].items()}
+        elif doc.get("kind") == "bgbias-saliency/1":
+            doc["methods"] = {m: {_dirname(k): v for k, v in per.items()} for m, per in doc["methods"].items()}
+            for o in doc["overlays"]:
+                o["variant"] = _dirname(o["variant"])
+        write_json(p, doc)
+    assert "color_red" in json.loads((tmp_path / "runs" / "aug" / "eval.json").read_text())["variants"]
+    old = write_report(paths, tmp_path / "old" / "report.html")
+    assert old["models"] == new["models"] and "color:red" in old["models"][1]["variants"]
+    assert (tmp_path / "old" / "report.html").read_bytes() == (tmp_path / "new" / "report.html").read_bytes()
+    # without the manifest among the inputs, the data folder's manifest maps the folders
+    old_no_manifest = write_report(paths[1:], tmp_path / "old2" / "report.html")
+    assert set(old_no_manifest["models"][1]["variants"]) == set(new["models"][1]["variants"])
 
 
 def test_figures_saved_for_readme(report):
@@ -347,3 +369,16 @@ def test_sparse_results_still_render(tmp_path):
     text = (tmp_path / "r.html").read_text("utf-8")
     assert "No build folder" in text and "No saliency.json" in text
     assert text.count("<img") == 2                       # summary and accuracy plots only
+
+
+def test_report_decides_seen_in_training_by_evals_one_rule():
+    """When eval.json does not know (null), the report falls back to the same rule eval applies."""
+    from bgbias.audit.evaluate import seen_in_training as eval_rule
+    from bgbias.report.figures import seen
+    from bgbias.report.inputs import ModelResults
+
+    m = ModelResults("k", docs={"metrics": {"families_seen": ["mean", "other_sample", "texture:stripes"]}})
+    for v in ("mean", "mean_color", "mixed_next", "texture:stripes:8", "texture:board:8", "original"):
+        assert seen(m, v, {"seen_in_training": None}) is bool(eval_rule(v, m.families_seen)), v
+    assert [seen(m, v, {}) for v in ("mean_color", "mixed_next")] == [False, True]
+    assert seen(m, "original", {"seen_in_training": True}) is True

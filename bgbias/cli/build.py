@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 
-from bgbias.core.executors import EXECUTORS
+from ._common import add_executor_option
 
 
 def _source(args):
@@ -72,8 +72,7 @@ def register(sub) -> None:
                         "the seed and ids) where the source has no split of its own; default: none, all 'val'")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                    help="worker processes (default: all cores); output bytes do not depend on it")
-    p.add_argument("--executor", choices=EXECUTORS, default="local",
-                   help="local process pool, or ray (pip install 'bgbias[ray]'); same output bytes")
+    add_executor_option(p, "local", "local process pool, or ray (pip install 'bgbias[ray]'); same output bytes")
     p.add_argument("--masks", metavar="DIR", help="folder:DIR only: masks with the same relative paths (.png or .npy)")
     p.add_argument("--spurious", type=float, metavar="RHO",
                    help="Waterbirds-style build: in the train split class c sits on background family c (of "
