@@ -5,7 +5,8 @@
     python docs/readme.py --check    # exit 1 when README.md is not what the template and results.json give
 
 The template sees the demo's ``results.json`` as ``r`` plus a few helpers (``m("baseline")`` is that model's
-entry; ``pct``, ``points``, ``interval`` format numbers), so no figure in the README is typed by hand.
+entry; ``pct``, ``points``, ``interval`` format numbers) and ``bench/groups.py``'s committed rows as ``g``, so no
+figure in the README is typed by hand.
 A test runs ``--check``.
 """
 from __future__ import annotations
@@ -23,6 +24,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 DOCS = Path(__file__).resolve().parent
 ROOT = DOCS.parent
 RESULTS = DOCS / "demo" / "results.json"
+GROUPS = DOCS / "bench" / "groups.json"        # bench/groups.py --json: the group-robustness comparison
 FIGURES = ("summary", "accuracy", "examples", "fooling", "saliency", "signal_groups")
 
 
@@ -44,8 +46,9 @@ def interval(ci: list | None, digits: int = 1, signed: bool = True) -> str:
 def render(results: dict) -> str:
     env = Environment(loader=FileSystemLoader(DOCS), undefined=StrictUndefined, keep_trailing_newline=True)
     models = {mo["name"]: mo for mo in results["models"]}
+    groups = json.loads(GROUPS.read_text()) if GROUPS.is_file() else None
     return env.get_template("README.md.j2").render(r=results, m=models.__getitem__, pct=pct, points=points,
-                                                   interval=interval, models=models)
+                                                   interval=interval, models=models, g=groups)
 
 
 def run_demo() -> None:

@@ -29,12 +29,27 @@ def _dirname(v: str) -> str:
     return v.replace(":", "_")
 
 
+def _groups(acc: float, backgrounds: list[str]) -> dict:
+    """eval.json's ``groups`` of one variant (the shape bgbias.audit.groups.group_accuracy writes); the worst
+    eligible group is (EVIL class, last background), and one group is too small to be eligible."""
+    per = {f"{c}|{b}": {"accuracy": acc, "n": 5, "eligible": True} for c in CLASSES for b in backgrounds}
+    per[f"{EVIL}|{backgrounds[-1]}"] = {"accuracy": acc - 0.4, "n": 5, "eligible": True}
+    per[f"two|{backgrounds[0]}"] = {"accuracy": 0.0, "n": 1, "eligible": False}
+    return {"n_groups": len(per), "min_count": 3, "eligible": len(per) - 1, "worst_group": f"{EVIL}|{backgrounds[-1]}",
+            "worst_group_accuracy": acc - 0.4, "ci95": [acc - 0.5, acc - 0.3], "too_small": False,
+            "mean_group_accuracy": acc - 0.05, "weighted_accuracy": acc - 0.02, "weighted_by": "training",
+            "per_group": per}
+
+
 def _eval(model: str, accs: dict[str, float], seen: set[str], families: list[str], build: Path) -> dict:
     variants = {v: {"accuracy": a, "ci95": [max(a - 0.05, 0), min(a + 0.05, 1)], "n": 6, "correct": round(6 * a),
                     "per_class": {c: {"accuracy": a, "n": 2} for c in CLASSES},
                     "confusion": [[2, 0, 0], [0, 2, 0], [0, 0, 2]], "seen_in_training": v in seen,
                     "outside_map": [0, 0, 0]}
                 for v, a in accs.items()}
+    variants["original"]["groups"] = _groups(accs["original"], ["color:red", f"photos:{EVIL}"])
+    variants["mixed_rand"]["groups"] = _groups(accs["mixed_rand"], CLASSES)
+    variants["mixed_same"]["groups"] = _groups(accs["mixed_same"], ["zero"])   # one background: no heatmap
     gap = accs["mixed_same"] - accs["mixed_rand"]
     return {"kind": "bgbias-eval/1", "model": model, "data": str(build), "config": {"batch_size": 8},
             "classes": CLASSES, "variants": variants, "bg_gap": {"value": gap, "ci95": [gap - 0.04, gap + 0.04]},
@@ -100,7 +115,15 @@ def write_fixture(root: Path) -> list[Path]:
                          "path": "../../../../etc/passwd"})
         write_json(run / "saliency.json", {
             "kind": "bgbias-saliency/1", "model": model, "data": str(build), "classes": CLASSES,
-            "methods": {"gradcam": {"original": {"fg_share": 0.71, "fg_area": 0.3, "per_class": {EVIL: 0.7}, "n": 6}},
+            "config": {"top_percent": 20.0},
+            "methods": {"gradcam": {"original": {
+                "fg_share": 0.71, "fg_area": 0.3, "per_class": {EVIL: 0.7}, "n": 6,
+                "relevance_rank_accuracy": 0.523, "pointing_game": 0.834, "iou_top": 0.412,
+                "chance": {"fg_share": 0.3, "relevance_rank_accuracy": 0.3, "pointing_game": 0.3, "iou_top": 0.2},
+                "ci95": {"fg_share": [0.6, 0.8], "relevance_rank_accuracy": [0.45, 0.6], "pointing_game": [0.6, 1.0],
+                         "iou_top": [0.35, 0.47]},
+                "per_class_metrics": {EVIL: {"fg_share": 0.7, "relevance_rank_accuracy": 0.567,
+                                             "pointing_game": 1.0, "iou_top": 0.389, "n": 2}}}},
                         "input_grad": {"mixed_rand": {"fg_share": 0.5, "fg_area": 0.3, "per_class": {}, "n": 6}}},
             "overlays": overlays})
         paths += [run / f for f in ("eval.json", "challenge.json", "saliency.json", "metrics.json")]
@@ -151,8 +174,8 @@ def test_page_is_valid_and_complete(report):
     assert not p.errors and not p.stack, p.errors or p.stack
     assert {sid for sid, _ in SECTIONS} <= p.ids
     assert p.scripts == 0
-    # summary, accuracy, examples, fooling, saliency, signal groups: all drawn, all embedded and decodable
-    assert len(p.imgs) == 6
+    # summary, accuracy, examples, fooling, saliency, signal groups, 2 x 2 group heatmaps: drawn, embedded, decodable
+    assert len(p.imgs) == 10
     for src in p.imgs:
         assert src.startswith("data:image/png;base64,")
         Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))).verify()
@@ -207,10 +230,61 @@ def test_older_results_keyed_by_folder_read_like_canonical_ones(tmp_path):
     assert set(old_no_manifest["models"][1]["variants"]) == set(new["models"][1]["variants"])
 
 
+def _section(text: str, sid: str) -> str:
+    start = text.index(f'<section id="{sid}">')
+    return text[start:text.index("</section>", start)]
+
+
+def test_groups_section_shows_worst_group_beside_accuracy_and_heatmaps(report):
+    _, out, results = report
+    text = out.read_text("utf-8")
+    sec = _section(text, "groups")
+    assert "worst-group accuracy" in sec and "weighted (training)" in sec
+    evil = "&lt;script&gt;alert(1)&lt;/script&gt;"
+    # baseline on original: accuracy 90.0 [85.0, 95.0] next to worst group 50.0 [40.0, 60.0], its name escaped
+    row = sec[sec.index("<tr><td>baseline</td><td><code>original</code>"):]
+    row = row[:row.index("</tr>")]
+    assert "90.0 <span" in row and "[85.0, 95.0]" in row and "50.0 <span" in row and "[40.0, 60.0]" in row
+    assert f"<code>{evil}|photos:{evil}</code>" in row and ">85.0</td>" in row and ">88.0</td>" in row
+    assert ">5 of 6</td>" in row                    # one group too small to be eligible
+    # heatmaps: original and mixed_rand per model (class x background), not mixed_same's single background
+    assert [sec.count(f'data-figure="groups_{k}"') for k in range(1, 6)] == [1, 1, 1, 1, 0]
+    assert "<h3>baseline: <code>original</code></h3>" in sec and "<h3>bg-augment: <code>mixed_rand</code></h3>" in sec
+    assert "<code>mixed_same</code></h3>" not in sec
+    # the accuracy table keeps its worst-group rows
+    assert "worst group, <code>mixed_rand</code>" in _section(text, "accuracy")
+    base = results["models"][0]["variants"]
+    assert base["original"]["worst_group"] == f"{EVIL}|photos:{EVIL}"
+    assert base["original"]["worst_group_accuracy"] == pytest.approx(0.5)
+    assert base["original"]["worst_group_ci95"] == pytest.approx([0.4, 0.6]) and "worst_group" not in base["only_fg"]
+
+
+def test_saliency_section_shows_localisation_metrics(report):
+    _, out, results = report
+    sec = _section(out.read_text("utf-8"), "saliency")
+    for head in ("relevance mass", "rank accuracy", "pointing game", "top-20% IoU"):
+        assert f"<th class=\"n\">{head}</th>" in sec, head
+    row = sec[sec.index("<tr><td>baseline</td><td>gradcam</td><td><code>original</code>"):]
+    row = row[:row.index("</tr>")]
+    for value, ci, chance in (("71.0", "[60.0, 80.0]", "30.0"), ("52.3", "[45.0, 60.0]", "30.0"),
+                              ("83.4", "[60.0, 100.0]", "30.0"), ("41.2", "[35.0, 47.0]", "20.0")):
+        assert f"{value} <span class=\"ci\">{ci}</span> <span class=\"ci\">chance {chance}</span>" in row, value
+    # per class, in a details block: the escaped class name, each metric
+    per = sec[sec.index("<summary>per class</summary>"):]
+    assert "<td>&lt;script&gt;alert(1)&lt;/script&gt;</td>" in per
+    assert all(f">{x}</td>" in per for x in ("70.0", "56.7", "100.0", "38.9"))
+    # an older saliency.json (foreground share only) still fills its row, the rest as dashes
+    other = sec[sec.index("<tr><td>baseline</td><td>input_grad</td>"):]
+    assert "50.0 <span class=\"ci\">chance 30.0</span>" in other[:other.index("</tr>")]
+    loc = results["models"][0]["localisation"]["gradcam"]["original"]
+    assert loc == {"fg_share": 0.71, "relevance_rank_accuracy": 0.523, "pointing_game": 0.834, "iou_top": 0.412}
+
+
 def test_figures_saved_for_readme(report):
     root, _, _ = report
     stems = sorted(p.stem for p in (root / "figs").glob("*.png"))
-    assert stems == ["accuracy", "examples", "fooling", "saliency", "signal_groups", "summary"]
+    assert stems == ["accuracy", "examples", "fooling", "groups_1", "groups_2", "groups_3", "groups_4", "saliency",
+                     "signal_groups", "summary"]
 
 
 def test_path_outside_the_run_folder_is_not_read(tmp_path):

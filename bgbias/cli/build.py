@@ -84,8 +84,11 @@ def register(sub) -> None:
                         "folders (e.g. photos:LAND_DIR,photos:WATER_DIR) "
                         f"(default: {','.join(DEFAULT_SPURIOUS_FAMILIES)})")
     p.add_argument("--spurious-groups", metavar="GROUPS",
-                   help="tie groups of classes to one family each, groups split by '/' (class names or indices, "
-                        "e.g. 0,1,2,3,4/5,6,7,8,9: group k sits on family k); default: each class its own group")
+                   help="tie groups of classes to one family each and relabel every sample to its group, "
+                        "Waterbirds-style: groups split by '/', members class names or indices, NAME= optional "
+                        "(e.g. low=0,1,2,3,4/high=5,6,7,8,9: group k is class k and sits on family k; unnamed "
+                        "groups are named by their members joined with '+'); the original class of every sample "
+                        "is kept in the manifest; default: each class its own group")
     p.add_argument("--task", choices=("classification", "detection"), default="classification",
                    help="detection: keep every instance and box, write COCO json per variant (bgbias.detect.build)")
     p.add_argument("--image-format", choices=("png", "jpeg"), default="png",
