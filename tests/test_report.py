@@ -208,6 +208,28 @@ def test_summary_sentences_and_results(report):
     assert text.count("&dagger;") >= 2                  # legend + the seen colour variant of bg-augment
 
 
+def test_older_results_keyed_by_folder_read_like_canonical_ones(tmp_path):
+    """eval.json / saliency.json written before canonical keys (``color_red``) give the same report."""
+    paths = write_fixture(tmp_path)
+    new = write_report(paths, tmp_path / "new" / "report.html")
+    for p in paths:
+        doc = json.loads(p.read_text())
+        if doc.get("kind") == "bgbias-eval/1":
+            doc["variants"] = {_dirname(k): v for k, v in doc["variants"].items()}
+        elif doc.get("kind") == "bgbias-saliency/1":
+            doc["methods"] = {m: {_dirname(k): v for k, v in per.items()} for m, per in doc["methods"].items()}
+            for o in doc["overlays"]:
+                o["variant"] = _dirname(o["variant"])
+        write_json(p, doc)
+    assert "color_red" in json.loads((tmp_path / "runs" / "aug" / "eval.json").read_text())["variants"]
+    old = write_report(paths, tmp_path / "old" / "report.html")
+    assert old["models"] == new["models"] and "color:red" in old["models"][1]["variants"]
+    assert (tmp_path / "old" / "report.html").read_bytes() == (tmp_path / "new" / "report.html").read_bytes()
+    # without the manifest among the inputs, the data folder's manifest maps the folders
+    old_no_manifest = write_report(paths[1:], tmp_path / "old2" / "report.html")
+    assert set(old_no_manifest["models"][1]["variants"]) == set(new["models"][1]["variants"])
+
+
 def _section(text: str, sid: str) -> str:
     start = text.index(f'<section id="{sid}">')
     return text[start:text.index("</section>", start)]
@@ -256,28 +278,6 @@ def test_saliency_section_shows_localisation_metrics(report):
     assert "50.0 <span class=\"ci\">chance 30.0</span>" in other[:other.index("</tr>")]
     loc = results["models"][0]["localisation"]["gradcam"]["original"]
     assert loc == {"fg_share": 0.71, "relevance_rank_accuracy": 0.523, "pointing_game": 0.834, "iou_top": 0.412}
-
-
-def test_older_results_keyed_by_folder_read_like_canonical_ones(tmp_path):
-    """eval.json / saliency.json written before canonical keys (``color_red``) give the same report."""
-    paths = write_fixture(tmp_path)
-    new = write_report(paths, tmp_path / "new" / "report.html")
-    for p in paths:
-        doc = json.loads(p.read_text())
-        if doc.get("kind") == "bgbias-eval/1":
-            doc["variants"] = {_dirname(k): v for k, v in doc["variants"].items()}
-        elif doc.get("kind") == "bgbias-saliency/1":
-            doc["methods"] = {m: {_dirname(k): v for k, v in per.items()} for m, per in doc["methods"].items()}
-            for o in doc["overlays"]:
-                o["variant"] = _dirname(o["variant"])
-        write_json(p, doc)
-    assert "color_red" in json.loads((tmp_path / "runs" / "aug" / "eval.json").read_text())["variants"]
-    old = write_report(paths, tmp_path / "old" / "report.html")
-    assert old["models"] == new["models"] and "color:red" in old["models"][1]["variants"]
-    assert (tmp_path / "old" / "report.html").read_bytes() == (tmp_path / "new" / "report.html").read_bytes()
-    # without the manifest among the inputs, the data folder's manifest maps the folders
-    old_no_manifest = write_report(paths[1:], tmp_path / "old2" / "report.html")
-    assert set(old_no_manifest["models"][1]["variants"]) == set(new["models"][1]["variants"])
 
 
 def test_figures_saved_for_readme(report):
