@@ -24,8 +24,11 @@ not merely learn to ignore the generator's current favourite pattern):
 - ``--adv-bank`` of each batch gets a background from the bank (``--families``, default ``bank``:
   :mod:`bgbias.synth.bank`) instead of the generator: the generator finds what fools f *now*, the bank
   covers the space of plausible backgrounds it would never reach (issue 15: this is what generalises);
-- the generator takes its step every ``--gen-every`` batches (it adapts slowly anyway), which keeps
-  the cost per epoch near the baseline's.
+- the generator takes its step every ``--gen-every`` batches (it adapts slowly anyway), on the batch's
+  generator rows only, and f trains on that step's own output (detached): no second generator pass, no
+  backgrounds generated for rows that end up clean, replayed or from the bank. Between steps the generator
+  rows are replayed. This is what keeps stage 3 near the baseline's cost per epoch (issue 15: it was 3.2x
+  with a full-batch step plus a full-batch no-grad pass).
 """
 from __future__ import annotations
 
