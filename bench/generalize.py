@@ -245,7 +245,7 @@ def ensure_trained(cfg: TrainConfig, train_data: TrainData) -> None:
 def time_per_epoch(runs: dict[str, TrainConfig], names: list[str], train_data: TrainData, out: Path,
                    rows: int, rounds: int) -> dict[str, float]:
     """Seconds per epoch relative to baseline, measured interleaved (round-robin, ``rounds`` times, ``rows``
-    digits, one epoch each at the configured batch size) so that the shared machine's load hits every recipe alike; median of paired ratios."""
+    digits, the second of two epochs each, at the configured batch size) so that the shared machine's load hits every recipe alike; median of paired ratios."""
     import shutil
 
     small = subset(train_data, slice(0, rows))
@@ -259,7 +259,8 @@ def time_per_epoch(runs: dict[str, TrainConfig], names: list[str], train_data: T
             if cfg.pretrained:
                 pre = dict(pretrained=str(out / "baseline" / "model.pt"), mask_epochs=1)
             # min_steps=0: the recipes' real batch size (--min-steps would shrink batches on a small timing set)
-            cfg = dataclasses.replace(cfg, out=str(tdir), epochs=1, resume=False, min_steps=0, **pre)
+            # two epochs, the second (warm) one counts: a first epoch of 10 steps carries start-up costs
+            cfg = dataclasses.replace(cfg, out=str(tdir), epochs=2, resume=False, min_steps=0, **pre)
             hist = train(cfg, progress=False, data=subset(small, slice(None)))["history"]
             secs[name].append([h["seconds"] for h in hist if h["phase"] != "clean"][-1])
     base = np.array(secs["baseline"])
