@@ -47,7 +47,7 @@ class TrainConfig:
     clean_fraction: float = 0.2                  # adversarial: share of each batch left clean
     replay: int = 2048                           # adversarial: past generated backgrounds kept for replay
     adv_bank: float = 0.5                        # adversarial: share of backgrounds drawn from --families' bank
-    gen_every: int = 2                           # adversarial: generator step every N batches
+    gen_every: int = 2                           # adversarial: generator step (on the generator rows) every N batches
     resume: bool = False                         # continue from OUT/last.pt (config must match)
     # group-robustness baselines (bgbias.train.group_recipes); group labels come from the build's manifest
     dro_eta: float = 0.01                        # group_dro: step size of the online group weights q
