@@ -15,7 +15,7 @@ from bgbias.core.layout import MANIFEST, list_splits, read_manifest
 from bgbias.core.names import variant_names
 
 KINDS = {"bgbias-eval": "eval", "bgbias-challenge": "challenge", "bgbias-saliency": "saliency",
-         "bgbias-train": "metrics"}
+         "bgbias-train": "metrics", "bgbias-eval-detect": "detect"}
 
 
 @dataclass
@@ -96,7 +96,8 @@ def load_inputs(paths: Sequence[str | os.PathLike], names: Sequence[str] | None 
         elif kind == "metrics":
             metrics.append((p, doc))
         else:
-            key = str(doc.get("model", p.stem))
+            model = doc.get("model", p.stem)    # eval-detect: {"spec": ...} or {"predictions": DIR}
+            key = str(model.get("spec") or model.get("predictions") or p.stem) if isinstance(model, dict) else str(model)
             m = models.setdefault(key, ModelResults(key))
             if kind in m.docs:
                 warnings.append(f"Two {kind} files for model {key}; using {p}, ignoring {m.paths[kind]}.")
@@ -177,7 +178,7 @@ def _find_data_dir(data: Any, manifest_path: Path | None, models: list[ModelResu
         return manifest_path.parent
     for m in models:
         for kind, d in m.docs.items():
-            if not d.get("data"):
+            if not d.get("data") or kind == "detect":   # a detection build is not a classification layout
                 continue
             for cand in (Path(str(d["data"])), m.paths[kind].parent / str(d["data"])):
                 if (cand / MANIFEST).is_file() or list_splits(cand, "original"):

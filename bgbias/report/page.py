@@ -19,6 +19,7 @@ from markupsafe import Markup
 
 from bgbias.core.layout import SIGNAL_GROUPS
 from bgbias.core.version import __version__
+from bgbias.report.detection import detection_context, detection_summary
 from bgbias.report.figures import pct, seen, top_fooling, variant_order
 from bgbias.report.figures_groups import heatmap_choices
 
@@ -29,7 +30,7 @@ SECTIONS = (("summary", "Summary"), ("accuracy", "Accuracy per variant"),
             ("groups", "Groups: class x background"),
             ("examples", "Variants"),
             ("fooling", "Fooling backgrounds"), ("saliency", "Saliency"), ("signal-groups", "Signal groups"),
-            ("training", "Training setup"), ("inputs", "Inputs"))
+            ("detection", "Detection"), ("training", "Training setup"), ("inputs", "Inputs"))
 
 
 # --- words ------------------------------------------------------------------------------------------------------
@@ -38,6 +39,8 @@ SECTIONS = (("summary", "Summary"), ("accuracy", "Accuracy per variant"),
 def summary_segments(m: ModelResults) -> list[tuple[str, bool]]:
     """The model's one-sentence summary as (text, emphasised) pieces, shared by HTML and the terminal."""
     ev, ch = m.get("eval"), m.get("challenge")
+    if m.get("detect") and not ev and not ch:      # a detector: its own sentence (bgbias.report.detection)
+        return [(m.name, True), (detection_summary(m)[len(m.name):], False)]
     seg: list[tuple[str, bool]] = [(m.name, True), (": ", False)]
     gap = ev.get("bg_gap")
     var = ev.get("variants", {})
@@ -278,6 +281,7 @@ def render_page(inputs: ReportInputs, results: dict, figs: dict[str, bytes]) -> 
         "any_reference": bool(accuracy and accuracy["any_reference"]),
         "accuracy": accuracy, "groups": _groups(inputs), "data_dir": str(inputs.data_dir) if inputs.data_dir else "",
         "fooling": _fooling(inputs), "saliency": _saliency(inputs), "signal_groups": _signal_groups(inputs),
+        "detection": detection_context(inputs),
         "signal_group_names": list(SIGNAL_GROUPS), "training": _training(inputs), "inputs": _inputs(inputs, results),
     }
     return _environment().get_template("page.html.j2").render(context) + "\n"

@@ -16,6 +16,7 @@ from typing import Sequence
 
 from bgbias.core.io import atomic_write_bytes, write_json
 from bgbias.core.version import __version__
+from bgbias.report.detection import detection_figures, detection_results
 from bgbias.report.figures import make_figures, seen, top_fooling
 from bgbias.report.figures_groups import group_figures
 from bgbias.report.inputs import ReportInputs, load_inputs
@@ -73,7 +74,8 @@ def write_report(paths: Sequence[str | os.PathLike], out: str | os.PathLike = "r
     inputs = load_inputs(paths, names=names, data=data)
     figs = make_figures(inputs)
     figs.update(group_figures(inputs))
-    results = build_results(inputs, title, extra)
+    figs.update(detection_figures(inputs))
+    results = build_results(inputs, title, {"detection": detection_results(inputs), **(extra or {})})
     atomic_write_bytes(out, render_page(inputs, results, figs).encode("utf-8"))
     write_json(Path(results_path) if results_path else out.with_name("results.json"), results)
     if figures_dir is not None:
