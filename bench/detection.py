@@ -39,6 +39,9 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--width", type=int, default=16)
     ap.add_argument("--bootstrap", type=int, default=100)
+    ap.add_argument("--families", default=",".join(FAMILIES), help="bg-augment's background families")
+    ap.add_argument("--p", type=float, default=0.5, help="bg-augment's swap probability")
+    ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--out", default="/tmp/bgbias-bench-det")
     ap.add_argument("--photos", default=str(PHOTOS), help="scene photos for a held-out background (skipped if absent)")
     args = ap.parse_args()
@@ -46,6 +49,7 @@ def main() -> None:
     out = Path(args.out)
     shutil.rmtree(out, ignore_errors=True)
     spec = f"digits-det:{args.n}"
+    families = tuple(f for f in args.families.split(",") if f)
     variants = ["original", "color:red", "color:green", "color:blue", "color:black", "mean"]
     if Path(args.photos).is_dir():
         variants.append(f"photos:{args.photos}")
@@ -59,7 +63,7 @@ def main() -> None:
         t = time.perf_counter()
         cfg = DetTrainConfig(data=spec, classes=args.classes, out=str(out / recipe), recipe=recipe,
                              arch="tiny_centernet", arch_kwargs={"width": args.width}, epochs=args.epochs,
-                             batch_size=16, lr=3e-3, optimizer="adamw", families=FAMILIES, p=0.5, seed=0)
+                             batch_size=16, lr=args.lr, optimizer="adamw", families=families, p=args.p, seed=0)
         m = train_detector(cfg)
         t_train = time.perf_counter() - t
         det = load_detector(str(out / recipe / "model.pt"))
@@ -69,7 +73,8 @@ def main() -> None:
     print(f"digits-det: {args.n} canvases 64x64 ({args.classes} as classes), {len(src)} val images; "
           f"tiny_centernet width {args.width}, {args.epochs} epochs on {runs['baseline'][3]['n_train_images']} "
           f"train images; build {t_build:.0f} s")
-    print(f"bg-augment families: {', '.join(FAMILIES)} (p=0.5); seen = that family was shown in training")
+    print(f"bg-augment families: {', '.join(families)} (p={args.p}); lr {args.lr}; seen = that family was shown "
+          "in training")
     head = f"{'background':<26} {'seen':>5} | {'baseline AP [95% CI]':>26} {'AP50':>6} | {'bg-augment AP [95% CI]':>26} {'AP50':>6}"
     print(head)
     print("-" * len(head))
