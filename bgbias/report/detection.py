@@ -124,7 +124,8 @@ def detection_summary(m: ModelResults) -> str:
     text = f"{m.name}: detection AP {_f(o)} on original"
     if aps:
         worst = min(aps, key=aps.get)
-        text += (f", {_f(sum(aps.values()) / len(aps))} on average over {len(aps)} other background{'s' if len(aps) > 1 else ''} "
+        plural = "s" if len(aps) > 1 else ""
+        text += (f", {_f(sum(aps.values()) / len(aps))} on average over {len(aps)} other background{plural} "
                  f"(lowest {_f(aps[worst])} on {worst})")
     fp = [v.get("fp_per_image") for v in var.values() if not v.get("has_gt") and v.get("fp_per_image") is not None]
     if fp:

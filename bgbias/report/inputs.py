@@ -97,7 +97,7 @@ def load_inputs(paths: Sequence[str | os.PathLike], names: Sequence[str] | None 
             metrics.append((p, doc))
         else:
             model = doc.get("model", p.stem)    # eval-detect: {"spec": ...} or {"predictions": DIR}
-            key = str(model.get("spec") or model.get("predictions") or p.stem) if isinstance(model, dict) else str(model)
+            key = str(model.get("spec") or model.get("predictions") or p.stem if isinstance(model, dict) else model)
             m = models.setdefault(key, ModelResults(key))
             if kind in m.docs:
                 warnings.append(f"Two {kind} files for model {key}; using {p}, ignoring {m.paths[kind]}.")
