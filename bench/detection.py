@@ -7,8 +7,9 @@ synthetic multi-digit set ``digits-det`` (earthy low-saturation scenes): ``basel
 detection build of the held-out split: COCO AP (pycocotools) per background with bootstrap
 intervals, the drop against the original, and FP per image on Only-BG. Also prints the
 evaluation time per 1,000 images (COCOeval + bootstrap, and the detector's inference).
-Scene photos for a held-out ``photos`` background are read from ``../shared/data/realmasks/
-backgrounds`` when present (never shipped). Run:
+Writes ``OUT/<recipe>.det_eval.json`` (``bgbias report`` reads them). Scene photos for a
+held-out ``photos`` background are read from ``../shared/data/realmasks/backgrounds`` when
+present (never shipped). Run:
 
     python bench/detection.py [--n 800] [--epochs 2] [--out /tmp/bgbias-bench-det]
 """
@@ -22,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from bgbias.core.io import write_json
 from bgbias.detect.build import DetBuildConfig, build_detection
 from bgbias.detect.data import SplitView, create_det_source
 from bgbias.detect.evaluate import evaluate_detection
@@ -69,6 +71,7 @@ def main() -> None:
         det = load_detector(str(out / recipe / "model.pt"))
         t = time.perf_counter()
         res = evaluate_detection(out / "build", det, bootstrap=args.bootstrap, batch_size=16)
+        write_json(out / f"{recipe}.det_eval.json", res)        # for: bgbias report OUT/*.det_eval.json
         runs[recipe] = (res, t_train, time.perf_counter() - t, m)
     print(f"digits-det: {args.n} canvases 64x64 ({args.classes} as classes), {len(src)} val images; "
           f"tiny_centernet width {args.width}, {args.epochs} epochs on {runs['baseline'][3]['n_train_images']} "
