@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from markupsafe import Markup
 
+from bgbias.report.figures import variant_order
 from bgbias.report.figures_detect import ap_per_background_png, drop_per_category_png, example_boxes_png, gt_variants
 
 if TYPE_CHECKING:
@@ -87,7 +88,7 @@ def detection_context(inputs: ReportInputs) -> dict | None:
     if not ms:
         return None
     docs = [m.get(KIND) for m in ms]
-    order = list(dict.fromkeys(n for d in docs for n in d["variants"]))
+    order = variant_order(n for d in docs for n in d["variants"])
     head = ["variant"] + [h for m in ms for h in (f"{m.name}: AP [95%]", "AP50", "AP - AP(original)")]
     rows = [[Markup("<code>{}</code>").format(n)]
             + [c for d in docs for c in (_ap_cell(d["variants"].get(n)), _ap_cell(d["variants"].get(n), "AP50")

@@ -20,15 +20,14 @@ from matplotlib.patheffects import withStroke
 from bgbias.core.io import read_image
 from bgbias.core.layout import safe_join
 from bgbias.core.sample import BadSample
-from bgbias.report.figures import PALETTE, _png, mpl_text
+from bgbias.report.figures import PALETTE, _png, mpl_text, variant_order
 
 HALO = [withStroke(linewidth=2.2, foreground="white")]   # boxes stay visible on a red or green background
 
 
 def gt_variants(results: Sequence[dict]) -> list[str]:
-    """Variants with ground truth (AP is defined there), in the first result's order, then the others'."""
-    names = [n for r in results for n, v in r["variants"].items() if v.get("has_gt")]
-    return list(dict.fromkeys(names))
+    """Variants with ground truth (AP is defined there), ``original`` first (result files sort their keys)."""
+    return variant_order(n for r in results for n, v in r["variants"].items() if v.get("has_gt"))
 
 
 def ap_per_background_png(results: Sequence[dict], labels: Sequence[str] | None = None, metric: str = "AP") -> bytes:
@@ -94,7 +93,7 @@ def example_boxes_png(result: dict, data: str | Path | None = None, variants: Se
     """Rows = example images, columns = variants; true boxes green, predictions (score >= threshold) dashed red."""
     ex = result["examples"]
     root = Path(data or result["data"])
-    names = list(variants or ex["predictions"])
+    names = list(variants or variant_order(ex["predictions"]))
     ids = [str(i) for i in ex["image_ids"]]
     fig = Figure(figsize=(1.6 * max(1, len(names)), 1.6 * max(1, len(ids))))
     for r, iid in enumerate(ids):
