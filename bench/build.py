@@ -168,6 +168,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds of both; the median ratio is reported")
     ap.add_argument("--dir", default=None, help="where to build (default: the system temp folder); e.g. /dev/shm "
                     "to leave out the disk, whose per-file cost both runs pay alike")
+    ap.add_argument("--json", help="also write the summary the README reads (e.g. docs/bench/build.json)")
     ap.add_argument("--child", nargs=5, metavar=("WHICH", "IMAGES", "MASKS", "OUT", "N"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -217,6 +218,16 @@ def main() -> None:
               f"{floor[-1]['files']} files)")
         print(f"  peak RSS growth: {half['rss_growth_mb']:.1f} MB for {half['n']} images, "
               f"{ours[-1]['rss_growth_mb']:.1f} MB for {n} images")
+        if args.json:
+            summary = {"command": "python bench/build.py " + " ".join(a for a in sys.argv[1:]), "n": n,
+                       "rounds": rounds, "images_per_cpu_s": {"bgbias": round(n / med(ours, "cpu"), 1),
+                                                              "floor": round(n / med(floor, "cpu"), 1),
+                                                              "naive": round(n / med(naive, "cpu"), 1)},
+                       "speedup_cpu": round(statistics.median(ratios), 2), "speedup_rounds": [round(x, 2) for x in ratios],
+                       "floor_share": round(statistics.median(shares), 3), "floor_share_rounds": [round(x, 3) for x in shares],
+                       "rss_growth_mb": {str(half["n"]): round(half["rss_growth_mb"], 1),
+                                         str(n): round(ours[-1]["rss_growth_mb"], 1)}, "same_files": same}
+            Path(args.json).write_text(json.dumps(summary, indent=1) + "\n")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

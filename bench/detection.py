@@ -17,7 +17,9 @@ present (never shipped). Run:
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import sys
 import shutil
 import time
 from pathlib import Path
@@ -25,6 +27,7 @@ from pathlib import Path
 import torch
 
 from bgbias.core.io import write_json
+from bgbias.core.names import seen_in_training
 from bgbias.detect.build import DetBuildConfig, build_detection
 from bgbias.detect.data import SplitView, create_det_source
 from bgbias.detect.evaluate import evaluate_detection
@@ -48,6 +51,7 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--out", default="/tmp/bgbias-bench-det")
     ap.add_argument("--photos", default=str(PHOTOS), help="scene photos for a held-out background (skipped if absent)")
+    ap.add_argument("--json", help="also write the summary the README reads (e.g. docs/bench/detection.json)")
     args = ap.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
     out = Path(args.out)
@@ -83,7 +87,8 @@ def main() -> None:
     head = f"{'background':<26} {'seen':>5} | {'baseline AP [95% CI]':>26} {'AP50':>6} | {'bg-augment AP [95% CI]':>26} {'AP50':>6}"
     print(head)
     print("-" * len(head))
-    seen = set(runs["bg-augment"][3]["meta"]["families_seen"])
+    seen = list(runs["bg-augment"][3]["meta"]["families_seen"])
+    rows = []
     for name in variants:
         cells = []
         for recipe in ("baseline", "bg-augment"):
@@ -94,9 +99,18 @@ def main() -> None:
                 continue
             ci_s = f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
             cells.append(f"{m['AP']:>8.3f} {ci_s:>17} {m['AP50']:>6.3f}")
-        is_seen = "-" if name == "original" else \
-            "yes" if name in seen or (name.startswith("color:") and "color" in seen) else "no"
+        is_seen = "-" if name == "original" else "yes" if seen_in_training(name, seen) else "no"
         print(f"{name[:26]:<26} {is_seen:>5} | {cells[0]} | {cells[1]}")
+        label = "photos (scene photos)" if name.startswith("photos:") else name
+        rows.append({"variant": label, "seen": is_seen, **{
+            r: ({"AP": round(runs[r][0]["variants"][name]["metrics"]["AP"], 3),
+                 "ci95": [round(x, 3) for x in runs[r][0]["variants"][name]["intervals"].get("AP") or []],
+                 "AP50": round(runs[r][0]["variants"][name]["metrics"]["AP50"], 3)}
+                if runs[r][0]["variants"][name]["has_gt"]
+                else {"fp_per_image": round(runs[r][0]["variants"][name]["fp_per_image"], 3)})
+            for r in ("baseline", "bg-augment")}})
+    summary = {"command": "python bench/detection.py " + " ".join(sys.argv[1:]), "n": args.n, "epochs": args.epochs,
+               "families": list(families), "p": args.p, "val_images": len(src), "rows": rows, "recipes": {}}
     for recipe in ("baseline", "bg-augment"):
         res, t_train, t_eval, _ = runs[recipe]
         colours = [res["variants"][v]["metrics"]["AP"] for v in variants if v.startswith("color:")]
@@ -106,6 +120,12 @@ def main() -> None:
               f"(rPC {sum(colours) / len(colours) / o:.3f}); train {t_train:.0f} s; eval {t_eval:.0f} s: "
               f"COCOeval+{args.bootstrap} bootstraps {tm['eval_s_per_1000_images']:.1f} s per 1,000 images, "
               f"inference {1000 * tm['inference_s'] / max(1, tm['images']):.1f} s per 1,000 images")
+        summary["recipes"][recipe] = {"original_AP": round(o, 3), "colour_mean_AP": round(sum(colours) / len(colours), 3),
+                                      "rPC": round(sum(colours) / len(colours) / o, 3),
+                                      "eval_s_per_1000": round(tm["eval_s_per_1000_images"], 1),
+                                      "inference_s_per_1000": round(1000 * tm["inference_s"] / max(1, tm["images"]), 1)}
+    if args.json:
+        Path(args.json).write_text(json.dumps(summary, indent=1) + "\n")
 
 
 if __name__ == "__main__":
