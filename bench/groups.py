@@ -78,8 +78,15 @@ def builds(name: str, args) -> tuple[Path, Path]:
 def run_method(method: str, tr: Path, te: Path, run: Path, args) -> dict:
     t0 = time.time()
     cfg = TrainConfig(recipe=method, data=str(tr), out=str(run), arch=ARCH, epochs=args.epochs, batch_size=64,
-                      lr=3e-3, seed=args.seed, mask_epochs=1, jtt_epochs=1, dfr_epochs=2)
+                      lr=3e-3, seed=args.seed, mask_epochs=1, jtt_epochs=1, jtt_up=args.jtt_up, dro_eta=args.dro_eta,
+                      dfr_epochs=1)
     metrics = train(cfg, progress=False)
+    steps = 0   # the budget actually spent: optimiser steps (rows per epoch differ by recipe); DFR's head is a
+    for h in metrics["history"]:   # separate convex fit, its loop phase runs at learning rate 0: not counted
+        if h["phase"] == "last_layer":
+            continue
+        plan, info = metrics["steps"][h["phase"]], (metrics.get("phases") or {}).get(h["phase"], {})
+        steps += plan["passes_per_epoch"] * -(-info.get("rows", metrics["n_train"]) // plan["batch_size"])
     spec = f"checkpoint:{run / 'model.pt'}"
     ev = evaluate(EvalConfig(model=spec, data=str(te), seed=args.seed, progress=False, batch_size=256,
                              n_bootstrap=500, group_min_count=5))
@@ -94,7 +101,8 @@ def run_method(method: str, tr: Path, te: Path, run: Path, args) -> dict:
             "mean_group": g["mean_group_accuracy"], "bg_gap": ev["bg_gap"]["value"], "bg_gap_ci": ev["bg_gap"]["ci95"],
             "challenge": ch and ch["challenge_accuracy"], "challenge_ci": ch and ch["challenge_ci95"],
             "chance": o["chance"], "majority": o["majority"], "n_test": o["n"], "groups": g["n_groups"],
-            "eligible": g["eligible"], "phases": metrics.get("phases"), "seconds": round(time.time() - t0, 1)}
+            "eligible": g["eligible"], "phases": metrics.get("phases"), "steps": steps, "epochs": len(metrics["history"]),
+            "seconds": round(time.time() - t0, 1)}
 
 
 def _p(x, ci=None) -> str:
@@ -133,6 +141,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--rho", type=float, default=0.95)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--jtt-up", type=int, default=20, help="JTT's lambda_up (the paper: 50-100 on images, 6 on text)")
+    ap.add_argument("--dro-eta", type=float, default=0.01, help="GroupDRO's step size for the group weights")
     ap.add_argument("--challenge-backgrounds", type=int, default=20)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default="/tmp/bgbias-groups")
