@@ -141,7 +141,8 @@ def _jtt() -> Recipe:
             counts = torch.bincount(gid[ctx["train_rows"]])
             small = counts[gid] < len(ctx["train_rows"]) / int((counts > 0).sum())   # below the mean group size
             err_rows = torch.unique(rows)[torch.bincount(rows)[torch.unique(rows)] > 1] if cfg.jtt_up > 1 else rows[:0]
-            info.update(small_group_rows=int(small[ctx["train_rows"]].sum()), errors_in_small_groups=int(small[err_rows].sum()))
+            info.update(small_group_rows=int(small[ctx["train_rows"]].sum()),
+                        errors_in_small_groups=int(small[err_rows].sum()))
         return PhaseHooks(rows=rows, info=info)
 
     return Recipe(phases=lambda cfg: [("identify", cfg.jtt_epochs), ("upweighted", cfg.epochs)], hooks=hooks)
