@@ -111,8 +111,8 @@ def register(sub) -> None:
     p.add_argument("--jtt-up", type=int, default=d.jtt_up,
                    help=f"jtt: each training error appears this many times when retraining (default {d.jtt_up})")
     p.add_argument("--dfr-epochs", type=int, default=d.dfr_epochs,
-                   help=f"dfr: epochs retraining the last layer on the group-balanced held-out rows "
-                        f"(default {d.dfr_epochs})")
+                   help=f"dfr: loop epochs (at learning rate 0) scoring the last layer refitted by L1 logistic "
+                        f"regression on the group-balanced held-out rows (default {d.dfr_epochs})")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     add_run_flags(p)
     p.set_defaults(func=train_command)
