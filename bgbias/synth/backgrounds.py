@@ -25,7 +25,7 @@ from bgbias.core.sample import BadSample, Box, Sample
 from bgbias.synth.textures import TEXTURES, texture_kind, uniform
 
 BACKGROUNDS: Registry["Background"] = Registry("background", plugins=("bgbias.synth.bank",))
-"""Families; :mod:`bgbias.synth.bank` adds ``noise``, ``gradient`` and the ``bank`` mixtures on first use."""
+"""Families; :mod:`bgbias.synth.bank` adds ``texture`` (its bare form is a mixture of every kind), ``noise``, ``gradient`` and the ``bank`` mixtures on first use."""
 
 COLORS: dict[str, tuple[int, int, int]] = {
     "black": (0, 0, 0), "white": (255, 255, 255), "gray": (128, 128, 128), "grey": (128, 128, 128),
@@ -369,16 +369,6 @@ def _mean_color(fit_size: tuple[int, int] | None = None) -> Background:
 @BACKGROUNDS.register("tiled", tags=["in9"], help="Only-BG-T: the sample's own background tiled over its box")
 def _tiled() -> Background:
     return TiledBackground()
-
-
-@BACKGROUNDS.register("texture", tags=["texture"],
-                      help="texture:NAME[:param|*] (stripes, board, border, circles, clock, noise); bare/texture:* = all, random")
-def _texture(kind: str = "*", param: str | None = None) -> Background:
-    if kind == "*":
-        from bgbias.synth.bank import create_mixture
-
-        return create_mixture(f"texture:*{':' + param if param else ''}")
-    return Texture(kind, param)
 
 
 @BACKGROUNDS.register("photos", tags=["photos"], path_arg=True, help="photos:DIR, a folder of scene photos")

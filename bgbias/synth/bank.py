@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bgbias.synth.backgrounds import BACKGROUNDS, Background, Photos, _check_size, create_background
+from bgbias.synth.backgrounds import BACKGROUNDS, Background, Photos, Texture, _check_size, create_background
 from bgbias.synth.textures import TEXTURES, uniform
 
 PARTNERS = ("other_sample", "same_class", "next_class")
@@ -240,6 +240,14 @@ def create_mixture(spec: str) -> Mixture:
     if bad:
         raise ValueError(f"{', '.join(bad)} need other images of a batch; use BackgroundSwap for {spec!r}.")
     return Mixture(members, spec)
+
+
+@BACKGROUNDS.register("texture", tags=["texture"],
+                      help="texture:NAME[:param|*] (stripes, board, border, circles, clock, noise); bare/texture:* = all, random")
+def _texture(kind: str = "*", param: str | None = None) -> Background:
+    if kind == "*":
+        return create_mixture(f"texture:*{':' + param if param else ''}")
+    return Texture(kind, param)
 
 
 @BACKGROUNDS.register("noise", tags=["noise"], help="noise:smooth|fractal|pixel; bare noise = all three")
