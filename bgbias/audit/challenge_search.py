@@ -44,6 +44,10 @@ SHRINK = 1.0          # pseudo-count pulling a pair's mean delta towards its cla
 FOOL_WEIGHT = 4.0     # weight of the log fool rate against the margin estimate in the background order
 SLOW_DONE, SLOW_ROUNDS = 1.0, 4   # slow start: active <= 1 + SLOW_DONE x finished + rounds // SLOW_ROUNDS
 THOMPSON = 1.0       # Beta posterior concentration multiplier of the Thompson draw (higher = less spread)
+POP = 2.0             # strength of the pool's mean fool rate as the prior of a background's rate
+LIFT = 1.0            # pseudo-count of a background's lift over its class pair's fool rate
+PENDING = 1.0         # pseudo-failures per same-round pick of a (class, background) by another foreground
+PRIOR = 1.0           # strength of the all-class fool rate as the prior of a class's rate
 SAFE_Z = 2.0          # predicted margin above SAFE_Z sigmas -> the foreground looks robust: grow its step
 
 
@@ -195,11 +199,26 @@ class Search:
         fool counts alone ignore how close the robust tries came. Their mix was best on the bench's three models.
         """
         cnt, tries = self.s["count"].astype(np.float64), self.s["dcnt"].astype(np.float64)
-        q = (cnt.sum(0) + 1.0) / (tries.sum(0) + 2.0)
-        alpha, beta = cnt + q, tries - cnt + (1.0 - q)
+        prior = self.fool_prior(cnt, tries)
+        alpha, beta = cnt + PRIOR * prior, tries - cnt + PRIOR * (1.0 - prior)
         seen = tries > 0
         spread = float(np.sqrt(np.mean((self.s["dsum"][seen] / tries[seen]) ** 2))) if seen.any() else 1.0
         return est / max(spread, 1e-9), alpha, beta
+
+    def fool_prior(self, cnt: np.ndarray, tries: np.ndarray) -> np.ndarray:
+        """``[C, n_bg]`` prior fool rate of background b on class y, before class y's own tries of b.
+
+        The (fg class, bg class) pair's rate, shrunk to the pool's mean rate with ``POP`` pseudo-tries (a
+        background of the foreground's own class starts at rate 0: it shows the class, it does not mislead),
+        times b's lift: its fools over what its pairs predict on every class it was tried on (``LIFT``
+        pseudo-counts). A strongly misleading background thus ranks high on a class before that class tries it.
+        """
+        f_pair, n_pair = cnt @ self.bg_onehot, tries @ self.bg_onehot                  # [C, C]
+        pbar = (cnt.sum() + 1.0) / (tries.sum() + 2.0)
+        base = (f_pair + POP * pbar * (1.0 - np.eye(self.n_classes))) / (n_pair + POP)
+        per_bg = base[:, self.bg_labels]                                               # [C, n_bg]
+        lift = (cnt.sum(0) + LIFT) / ((tries * per_bg).sum(0) + LIFT)
+        return np.clip(per_bg * lift, 1e-3, 1.0 - 1e-3)
 
     def orders(self, parts, classes: set[int]) -> dict[int, np.ndarray]:
         """Per class, the order by the mean fool rate (shared by the foregrounds that look robust)."""
@@ -207,7 +226,7 @@ class Search:
         score = m - FOOL_WEIGHT * np.log(alpha / (alpha + beta))
         return {y: np.lexsort((self.s["shuffle"], self.bg_labels == y, score[y])) for y in classes}
 
-    def sampled_order(self, parts, y: int, f: int, n_tried: int) -> np.ndarray:
+    def sampled_order(self, parts, y: int, f: int, n_tried: int, pending: np.ndarray | None = None) -> np.ndarray:
         """Thompson sampling: the order for one foreground with fool rates drawn from their Beta posteriors.
 
         Foregrounds of one class searched at the same time would otherwise all try the same uncertain
@@ -216,7 +235,8 @@ class Search:
         """
         m, alpha, beta = parts
         rng = np.random.default_rng([int(self.cfg.seed), int(f), int(n_tried)])
-        p = np.maximum(rng.beta(alpha[y] * THOMPSON, beta[y] * THOMPSON), 1e-12)
+        b = beta[y] if pending is None else beta[y] + PENDING * pending
+        p = np.maximum(rng.beta(alpha[y] * THOMPSON, b * THOMPSON), 1e-12)
         return np.lexsort((self.s["shuffle"], self.bg_labels == y, m[y] - FOOL_WEIGHT * np.log(p)))
 
     # -- one round -------------------------------------------------------------------------------------------
@@ -228,6 +248,7 @@ class Search:
         parts = self.rank_parts(est)
         orders = self.orders(parts, {int(self.fg_labels[f]) for f in active})
         sig = self.sigma()
+        pending = np.zeros((self.n_classes, n_bg))   # this round's picks, counted as failures for the next picks
         cands, z, want = [], np.zeros(len(active)), np.zeros(len(active), dtype=np.int64)
         for a, f in enumerate(active):
             y, tried = int(self.fg_labels[f]), s["tried"][a]
@@ -237,8 +258,9 @@ class Search:
             pred = s["clean_margin"][f] + est[y, cand[0]] + s["res_sum"][a] / (n_t + 1.0)
             z[a] = pred / sig if np.isfinite(sig) and sig > 0 else 0.0
             if z[a] < SAFE_Z:
-                o = self.sampled_order(parts, y, f, n_t)
+                o = self.sampled_order(parts, y, f, n_t, pending[y])
                 cand = o[~tried[o]]
+                pending[y, cand[0]] += 1
             want[a] = 1 if z[a] < SAFE_Z else min(max(1, n_t // 2), self.cfg.max_step)
             cands.append(cand)
         want = np.minimum(want, [len(c) for c in cands])
