@@ -15,6 +15,11 @@ the whole pool per robust one):
   seen on all classes. Backgrounds are tried in ascending ``est[y, b]`` (the
   most margin-lowering first), ties: other classes' backgrounds before y's,
   then a seeded shuffle;
+- fool counts per (class, background) enter the order as a Beta posterior whose prior is the background's
+  class-pair rate times its lift over all classes (own-class backgrounds start at 0), ``PRIOR`` pseudo-tries
+  strong, so a background that misleads every class is tried first on a class that has not met it yet; a
+  foreground that looks close to fooled draws its order from that posterior (Thompson sampling), counting
+  the picks of other foregrounds of its class in the same round as failures, so they spread out;
 - a foreground's predicted margin on its next background is its clean margin
   plus ``est`` plus its own mean residual. When that is within
   ``2 sigma`` (sigma: the running error of the prediction) of a wrong answer it
@@ -24,7 +29,7 @@ the whole pool per robust one):
   whole pool anyway;
 - each round is padded to a whole number of batches with the next backgrounds
   of the most robust-looking foregrounds, and up to ``active`` foregrounds are
-  searched at once (after a slow start), so forward passes stay full.
+  searched at once (after a slow start: ``1 + 0.3 x finished + rounds / 8``), so forward passes stay full.
 """
 from __future__ import annotations
 
@@ -42,12 +47,12 @@ from bgbias.core.compose import compose
 
 SHRINK = 1.0          # pseudo-count pulling a pair's mean delta towards its class-pair estimate
 FOOL_WEIGHT = 4.0     # weight of the log fool rate against the margin estimate in the background order
-SLOW_DONE, SLOW_ROUNDS = 1.0, 4   # slow start: active <= 1 + SLOW_DONE x finished + rounds // SLOW_ROUNDS
-THOMPSON = 1.0       # Beta posterior concentration multiplier of the Thompson draw (higher = less spread)
+SLOW_DONE, SLOW_ROUNDS = 0.3, 8   # slow start: active <= 1 + SLOW_DONE x finished + rounds // SLOW_ROUNDS
+THOMPSON = 4.0       # Beta posterior concentration multiplier of the Thompson draw (higher = less spread)
 POP = 2.0             # strength of the pool's mean fool rate as the prior of a background's rate
 LIFT = 1.0            # pseudo-count of a background's lift over its class pair's fool rate
 PENDING = 1.0         # pseudo-failures per same-round pick of a (class, background) by another foreground
-PRIOR = 1.0           # strength of the all-class fool rate as the prior of a class's rate
+PRIOR = 16.0          # pseudo-tries of fool_prior behind a class's own fool counts of a background
 SAFE_Z = 2.0          # predicted margin above SAFE_Z sigmas -> the foreground looks robust: grow its step
 
 
@@ -193,7 +198,7 @@ class Search:
     def rank_parts(self, est: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The background order's two terms, lower = try first: the margin estimate in units of its spread, and
         ``FOOL_WEIGHT`` x minus the log of the fool rate, here as Beta(alpha, beta) over class-y fools / tries
-        with a prior of strength 1 at the background's rate over all classes.
+        with ``PRIOR`` pseudo-tries at :meth:`fool_prior`.
 
         Margins alone learn slowly when nearly every foreground is fooled at once (few composites per class);
         fool counts alone ignore how close the robust tries came. Their mix was best on the bench's three models.
