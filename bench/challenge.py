@@ -1,6 +1,6 @@
 """Benchmark: bgbias challenge against the exact lower bound and the official early-exit loop, on three models.
 
-Run: ``python bench/challenge.py [--per-class 20] [--rhos 0.95,0.8,0.7] [--repeats 1]``.
+Run: ``python bench/challenge.py [--per-class 40] [--rhos 0.95,0.8,0.7] [--repeats 1]``.
 
 Data: scikit-learn digits (white strokes, 32 px) on class-coloured backgrounds
 whose colour strength varies per image. One small CNN per ``--rhos`` value is
@@ -186,7 +186,7 @@ def project_in9(rows: list, rate: float, n: int = 4050) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--per-class", type=int, default=20)
+    ap.add_argument("--per-class", type=int, default=40)
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--official-batch", type=int, default=32)
