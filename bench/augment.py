@@ -1,6 +1,6 @@
 """What BackgroundSwap adds to a training step: small-cnn, batch 128, 28x28, CPU (or --device).
 
-    python bench/augment.py [--steps 30] [--threads 2]
+    python bench/augment.py [--steps 30] [--threads 2] [--json docs/bench/augment.json]
 
 Times a training step (forward, backward, AdamW) and ``BackgroundSwap.batch`` for several family
 mixes, interleaved, and prints what the augmentation adds to a step (the issue's budget: < 20%). Not a test.
@@ -8,6 +8,7 @@ mixes, interleaved, and prints what the augmentation adds to a step (the issue's
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -34,6 +35,7 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=28)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--json", help="also write the summary the README reads (e.g. docs/bench/augment.json)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     dev = torch.device(args.device)
@@ -79,6 +81,12 @@ def main() -> None:
     for name in augs:
         print(f"  BackgroundSwap({name}).batch: {1000 * med[name]:.2f} ms = "
               f"{100 * med[name] / med['step']:.1f}% of a step")
+    if args.json:
+        summary = {"command": "python bench/augment.py " + " ".join(sys.argv[1:]), "batch_size": n, "size": s,
+                   "device": args.device, "threads": args.threads, "steps": args.steps,
+                   "step_ms": round(1000 * med["step"], 2),
+                   "share_of_step": {k: round(med[k] / med["step"], 4) for k in augs}}
+        Path(args.json).write_text(json.dumps(summary, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -3,7 +3,10 @@
 Run: ``python bench/build.py`` (``--n 500`` images, ``--quick`` for 100). Prints images/s of
 ``bgbias.synth.build.build`` (one worker, one thread) and of a naive PIL/numpy loop that writes the
 same files (same variants, same pairing, PIL's default PNG, everything recomputed per
-variant), both per CPU-second (fair on a busy machine) and per wall-second, and the ratio.
+variant), and the **I/O floor**: decoding every input image and mask with bgbias's own readers and
+encoding + writing every output file the build wrote (its own pixels, loaded beforehand, same PNG
+encoder and level): no build can take less. The build's share of the floor is floor time over build
+time (1.0 = nothing but I/O). All per CPU-second (fair on a busy machine) and per wall-second, and the ratio.
 Each run is a fresh process; the two are interleaved for ``--rounds`` rounds and the median
 ratio is reported (the machine is shared). Then the peak RSS growth of a build of N/2 vs N images.
 """
@@ -62,6 +65,30 @@ def run_bgbias(images: Path, masks: Path, out: Path, n: int) -> dict:
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     return {"n": n, "wall": wall, "cpu": cpu,
             "rss_growth_mb": (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024}
+
+
+def run_floor(images: Path, masks: Path, built: Path, out: Path) -> dict:
+    """The I/O floor: decode every input (image + mask), encode and write every file ``built`` holds."""
+    from bgbias.core.io import read_image, read_mask, write_npy, write_png
+    from bgbias.synth.build import BuildConfig
+
+    level = BuildConfig().png_compression
+    outputs = [(p.relative_to(built), np.load(p) if p.suffix == ".npy" else cv2.imread(str(p), cv2.IMREAD_UNCHANGED))
+               for p in sorted(built.rglob("*")) if p.suffix in (".png", ".npy")]
+    outputs = [(rel, a if rel.suffix == ".npy" or a.ndim == 2 else np.ascontiguousarray(a[..., ::-1]))
+               for rel, a in outputs]
+    inputs = sorted(images.rglob("*.png"))
+    t0, c0 = time.perf_counter(), time.process_time()
+    for path in inputs:
+        read_image(path)
+        read_mask(masks / path.relative_to(images))
+    for rel, a in outputs:
+        (out / rel).parent.mkdir(parents=True, exist_ok=True)
+        if rel.suffix == ".npy":
+            write_npy(out / rel, a)
+        else:
+            write_png(out / rel, a, level)
+    return {"n": len(inputs), "files": len(outputs), "wall": time.perf_counter() - t0, "cpu": time.process_time() - c0}
 
 
 # ---------------------------------------------------------------- the naive loop
@@ -141,12 +168,15 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds of both; the median ratio is reported")
     ap.add_argument("--dir", default=None, help="where to build (default: the system temp folder); e.g. /dev/shm "
                     "to leave out the disk, whose per-file cost both runs pay alike")
+    ap.add_argument("--json", help="also write the summary the README reads (e.g. docs/bench/build.json)")
     ap.add_argument("--child", nargs=5, metavar=("WHICH", "IMAGES", "MASKS", "OUT", "N"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         which, images, masks, out, k = args.child
         if which == "bgbias":
             res = run_bgbias(Path(images), Path(masks), Path(out), int(k))
+        elif which == "floor":
+            res = run_floor(Path(images), Path(masks), Path(out).parent / "bgbias", Path(out))
         else:
             res = run_naive(Path(images), Path(masks), Path(out), json.loads((Path(out).parent / "manifest.json").read_text()))
         print(json.dumps(res))
@@ -166,9 +196,10 @@ def main() -> None:
             return json.loads(proc.stdout)
 
         half = child("bgbias", n // 2, "bgbias_half")
-        ours, naive = [], []
-        for r in range(rounds):          # interleaved, so both see the same machine load
+        ours, naive, floor = [], [], []
+        for r in range(rounds):          # interleaved, so all see the same machine load
             ours.append(child("bgbias", n, "bgbias"))
+            floor.append(child("floor", n, "floor"))
             shutil.copy(tmp / "bgbias" / "manifest.json", tmp / "manifest.json")
             naive.append(child("naive", n, "naive"))
         files = lambda root: sorted(p.relative_to(root) for p in root.rglob("*") if p.suffix in (".png", ".npy"))  # noqa: E731
@@ -176,13 +207,27 @@ def main() -> None:
         med = lambda rs, key: statistics.median(r[key] for r in rs)  # noqa: E731
         print(f"build of the 8 IN-9 variants at 224x224 from {n} generated 256x320 images "
               f"(1 worker, 1 thread; median of {rounds} interleaved rounds; in {tmp.parent})")
-        for name, rs in (("bgbias build", ours), ("naive PIL/numpy loop", naive)):
+        for name, rs in (("bgbias build", ours), ("I/O floor", floor), ("naive PIL/numpy loop", naive)):
             print(f"  {name:<22} {n / med(rs, 'cpu'):8.1f} images/CPU-s  {n / med(rs, 'wall'):8.1f} images/s wall")
         ratios = sorted(b["cpu"] / a["cpu"] for a, b in zip(ours, naive))
         print(f"  speed-up per core: {statistics.median(ratios):.1f}x (CPU time; rounds {', '.join(f'{x:.1f}' for x in ratios)}), "
               f"{med(naive, 'wall') / med(ours, 'wall'):.1f}x (wall); same files written: {same}")
+        shares = sorted(f["cpu"] / a["cpu"] for a, f in zip(ours, floor))
+        print(f"  build's share of the I/O floor: {statistics.median(shares):.2f} (floor CPU-s / build CPU-s; rounds "
+              f"{', '.join(f'{x:.2f}' for x in shares)}; 1.0 = the build does nothing but read and write; "
+              f"{floor[-1]['files']} files)")
         print(f"  peak RSS growth: {half['rss_growth_mb']:.1f} MB for {half['n']} images, "
               f"{ours[-1]['rss_growth_mb']:.1f} MB for {n} images")
+        if args.json:
+            summary = {"command": "python bench/build.py " + " ".join(a for a in sys.argv[1:]), "n": n,
+                       "rounds": rounds, "images_per_cpu_s": {"bgbias": round(n / med(ours, "cpu"), 1),
+                                                              "floor": round(n / med(floor, "cpu"), 1),
+                                                              "naive": round(n / med(naive, "cpu"), 1)},
+                       "speedup_cpu": round(statistics.median(ratios), 2), "speedup_rounds": [round(x, 2) for x in ratios],
+                       "floor_share": round(statistics.median(shares), 3), "floor_share_rounds": [round(x, 3) for x in shares],
+                       "rss_growth_mb": {str(half["n"]): round(half["rss_growth_mb"], 1),
+                                         str(n): round(ours[-1]["rss_growth_mb"], 1)}, "same_files": same}
+            Path(args.json).write_text(json.dumps(summary, indent=1) + "\n")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -245,7 +245,7 @@ def ensure_trained(cfg: TrainConfig, train_data: TrainData) -> None:
 def time_per_epoch(runs: dict[str, TrainConfig], names: list[str], train_data: TrainData, out: Path,
                    rows: int, rounds: int) -> dict[str, float]:
     """Seconds per epoch relative to baseline, measured interleaved (round-robin, ``rounds`` times, ``rows``
-    digits, one epoch each) so that the shared machine's load hits every recipe alike; median of paired ratios."""
+    digits, the second of two epochs each, at the configured batch size) so that the shared machine's load hits every recipe alike; median of paired ratios."""
     import shutil
 
     small = subset(train_data, slice(0, rows))
@@ -258,7 +258,9 @@ def time_per_epoch(runs: dict[str, TrainConfig], names: list[str], train_data: T
             pre = {}
             if cfg.pretrained:
                 pre = dict(pretrained=str(out / "baseline" / "model.pt"), mask_epochs=1)
-            cfg = dataclasses.replace(cfg, out=str(tdir), epochs=1, resume=False, **pre)
+            # min_steps=0: the recipes' real batch size (--min-steps would shrink batches on a small timing set)
+            # two epochs, the second (warm) one counts: a first epoch of 10 steps carries start-up costs
+            cfg = dataclasses.replace(cfg, out=str(tdir), epochs=2, resume=False, min_steps=0, **pre)
             hist = train(cfg, progress=False, data=subset(small, slice(None)))["history"]
             secs[name].append([h["seconds"] for h in hist if h["phase"] != "clean"][-1])
     base = np.array(secs["baseline"])
@@ -306,6 +308,8 @@ def main() -> None:
     ap.add_argument("--time-rows", type=int, default=1280, help="digits per timing epoch")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default="/tmp/bgbias-generalize")
+    ap.add_argument("--json", help="also write the summary the README reads (e.g. docs/bench/generalize.json)")
+    ap.add_argument("--recommended", default="adversarial", help="the recipe the summary names as recommended")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     out = Path(args.out)
@@ -352,6 +356,33 @@ def main() -> None:
         results.update(lofo(args, out, train_data, test_data))
     report(results, args, time.time() - t_start)
     (out / "generalize.json").write_text(json.dumps(results, indent=2, default=list))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(summary(results, args), indent=1) + "\n")
+
+
+def summary(results: dict[str, dict], args) -> dict:
+    """The figures the README shows (docs/readme.py reads them): per recipe clean, held-out and the paper's six
+    (value, 95% low, high), the cost ratio, mask IoU; leave-one-family-out; and the command that made them."""
+    def pc(t):
+        return [round(float(v), 1) for v in t]
+
+    rows = {}
+    for name, r in results.items():
+        a = r["acc"]
+        if "left_out" in r:
+            rows[name] = ({"left_out": r["left_out"], "clean": pc(a["Clean"]), "on_left_out": pc(a[r["left_out"]])}
+                          if r["left_out"] else {"left_out": None, **{k: pc(v) for k, v in a.items()}})
+            continue
+        rows[name] = {"clean": pc(a["Clean"]), "held_out": pc(a["held-out avg"]), "paper_six": pc(a["families avg"]),
+                      "per_background": {k: round(float(a[k][0]), 1) for k in HELD_OUT},
+                      "time_ratio": round(r["time_ratio"], 2) if "time_ratio" in r else None,
+                      "mask_iou": r.get("mask_iou")}
+    return {"command": "python bench/generalize.py " + " ".join(sys.argv[1:]),
+            "protocol": {"n_train": args.n_train, "n_test": args.n_test, "epochs": args.epochs,
+                         "adv_epochs": args.adv_epochs, "mask_epochs": args.mask_epochs, "threads": args.threads,
+                         "held_out": HELD_OUT, "paper_avg": PAPER_AVG},
+            "recommended": args.recommended, "recipes": rows}
 
 
 def lofo(args, out: Path, train_data: TrainData, test_data: TrainData) -> dict[str, dict]:
@@ -362,14 +393,20 @@ def lofo(args, out: Path, train_data: TrainData, test_data: TrainData) -> dict[s
     x = test_data.images.float() / 255.0
     m = test_data.masks.float().unsqueeze(1) / 255.0
     fams = [f for f in bank_families() if f != "other_sample"]
+    bgs = {f: create_bank_background(f).render(len(x), tuple(x.shape[-2:]), torch_generator(1, "lofo", f)) for f in fams}
+    full = TrainConfig(recipe="bg-augment", data="mnist", epochs=args.epochs, seed=0, val_fraction=0.0,
+                       out=str(out / "lofo-full-bank"))
+    ensure_trained(full, train_data)       # the reference: the whole bank, scored on every family
+    hits = correct(out / "lofo-full-bank" / "model.pt", {"Clean": x, **{f: compose(x, b, m) for f, b in bgs.items()}},
+                   test_data.labels)
+    res["lofo-full-bank"] = {"acc": {k: boot(v, args.boot) for k, v in hits.items()}, "left_out": None}
     for fam in fams:
         rest = tuple(f for f in bank_families() if f != fam)
         name = f"lofo-{fam}"
         cfg = TrainConfig(recipe="bg-augment", data="mnist", epochs=args.epochs, seed=0, val_fraction=0.0,
                           families=rest, out=str(out / name))
         ensure_trained(cfg, train_data)
-        bg = create_bank_background(fam).render(len(x), tuple(x.shape[-2:]), torch_generator(1, "lofo", fam))
-        sets = {"Clean": x, fam: compose(x, bg, m)}
+        sets = {"Clean": x, fam: compose(x, bgs[fam], m)}
         hits = correct(out / name / "model.pt", sets, test_data.labels)
         res[name] = {"acc": {k: boot(v, args.boot) for k, v in hits.items()}, "left_out": fam}
         print(f"{name}: clean {res[name]['acc']['Clean'][0]:.1f}  on {fam} {res[name]['acc'][fam][0]:.1f}", flush=True)
@@ -396,10 +433,13 @@ def report(results: dict[str, dict], args, seconds: float) -> None:
               f"(true foreground share {v['true_area']:.3f}, area prior a={results[k]['config']['area']})")
     lo = {k: v for k, v in results.items() if "left_out" in v}
     if lo:
-        print("\nLeave-one-family-out (bg-augment on the bank without F, tested on F):")
+        ref = lo.pop("lofo-full-bank", None)
+        print("\nLeave-one-family-out (bg-augment on the bank without F, tested on F; in brackets the whole-bank "
+              "model on F):")
         for k, v in lo.items():
-            a = v["acc"][v["left_out"]]
-            print(f"  {v['left_out']}: {a[0]:.1f} [{a[1]:.1f}, {a[2]:.1f}] (clean {v['acc']['Clean'][0]:.1f})")
+            a, f = v["acc"][v["left_out"]], v["left_out"]
+            full = f" (whole bank {ref['acc'][f][0]:.1f})" if ref else ""
+            print(f"  {f}: {a[0]:.1f} [{a[1]:.1f}, {a[2]:.1f}]{full} (clean {v['acc']['Clean'][0]:.1f})")
     print(f"\ntotal {seconds:.0f} s")
 
 

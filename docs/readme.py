@@ -1,11 +1,13 @@
 """Keep README.md true: its figures and pictures come from one committed demo run.
 
-    python docs/readme.py            # render README.md from docs/README.md.j2 and docs/demo/results.json
+    python docs/readme.py            # render README.md from docs/README.md.j2, docs/demo/results.json, docs/bench/*.json
     python docs/readme.py --run      # run `bgbias demo` first: refresh docs/demo/results.json and docs/img/*.png
     python docs/readme.py --check    # exit 1 when README.md is not what the template and results.json give
 
 The template sees the demo's ``results.json`` as ``r`` plus a few helpers (``m("baseline")`` is that model's
-entry; ``pct``, ``points``, ``interval`` format numbers), so no figure in the README is typed by hand.
+entry; ``pct``, ``points``, ``interval`` format numbers) and each committed benchmark summary
+``docs/bench/NAME.json`` as ``bench.NAME`` (e.g. ``bench.generalize`` from ``bench/generalize.py --json``; ``bench/groups.py``'s rows
+also as ``g``), so no figure in the README is typed by hand.
 A test runs ``--check``.
 """
 from __future__ import annotations
@@ -23,6 +25,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 DOCS = Path(__file__).resolve().parent
 ROOT = DOCS.parent
 RESULTS = DOCS / "demo" / "results.json"
+BENCH = DOCS / "bench"
 FIGURES = ("summary", "accuracy", "examples", "fooling", "saliency", "signal_groups")
 
 
@@ -44,8 +47,10 @@ def interval(ci: list | None, digits: int = 1, signed: bool = True) -> str:
 def render(results: dict) -> str:
     env = Environment(loader=FileSystemLoader(DOCS), undefined=StrictUndefined, keep_trailing_newline=True)
     models = {mo["name"]: mo for mo in results["models"]}
+    bench = {p.stem: json.loads(p.read_text()) for p in sorted(BENCH.glob("*.json"))}
     return env.get_template("README.md.j2").render(r=results, m=models.__getitem__, pct=pct, points=points,
-                                                   interval=interval, models=models)
+                                                   interval=interval, models=models, bench=bench,
+                                                   g=bench.get("groups"))
 
 
 def run_demo() -> None:

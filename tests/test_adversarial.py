@@ -73,7 +73,7 @@ def test_stages_end_to_end_and_mask_beats_chance(digits, tmp_path):
 
 def test_true_masks_and_generator_step_raises_the_loss(digits):
     """With --true-masks no mask net is trained; one generator step raises f's loss on its backgrounds."""
-    cfg = TrainConfig(recipe="adversarial", true_masks=True, replay=64, brightness=None)
+    cfg = TrainConfig(recipe="adversarial", true_masks=True, replay=64, brightness=None, adv_bank=0.0, gen_every=1)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 16 * 16, 10))
     aug = AdversarialBackgrounds(cfg, (16, 16), lambda x: x, torch.device("cpu"))
     x = digits.images[:64].float() / 255
@@ -97,24 +97,33 @@ def test_true_masks_and_generator_step_raises_the_loss(digits):
 
 
 def test_bank_share_and_generator_cadence(digits):
-    """--adv-bank: that share of rows gets bank backgrounds; --gen-every N: one generator step per N batches."""
+    """--adv-bank: that share of rows gets bank backgrounds; --gen-every N: one generator step per N batches,
+    on the generator's own rows only, and its output is what the classifier sees (no second generator pass)."""
     x = digits.images[:128].float() / 255
     m = (digits.masks[:128].float().unsqueeze(1) / 255 > 0.5).float()
     y = digits.labels[:128]
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 16 * 16, 10))
-    steps = {}
+    cfg = TrainConfig(recipe="adversarial", true_masks=True, replay=0, adv_bank=1.0, clean_fraction=0.0,
+                      families=("color:red",))
+    aug = AdversarialBackgrounds(cfg, (16, 16), lambda t: t, torch.device("cpu"))
+    out = aug(x, m, y, torch.Generator().manual_seed(0), model)
+    bg = (m == 0).expand_as(x)
+    red = torch.tensor([1.0, 0.0, 0.0]).view(1, 3, 1, 1).expand_as(x)
+    assert torch.equal(out[bg], red[bg]), "adv_bank=1 puts every row on the bank (here: red)"
+    steps, rows, passes = {}, {}, {}
     for every in (1, 3):
-        cfg = TrainConfig(recipe="adversarial", true_masks=True, replay=0, gen_every=every, adv_bank=1.0,
-                          clean_fraction=0.0, families=("color:red",))
+        cfg = TrainConfig(recipe="adversarial", true_masks=True, replay=256, gen_every=every, adv_bank=0.5,
+                          clean_fraction=0.2, families=("color:red",))
         aug = AdversarialBackgrounds(cfg, (16, 16), lambda t: t, torch.device("cpu"))
-        calls = []
-        aug._generator_step = lambda *a, _c=calls: _c.append(1)
+        calls, gens = [], []
+        aug._generator_step = lambda xs, *a, _c=calls: (_c.append(len(xs)), torch.full((len(xs), 3, 16, 16), 0.25))[1]
+        real_generate = aug._generate
+        aug._generate = lambda k, g, _g=gens: (_g.append(k), real_generate(k, g))[1]
         for step in range(6):
             out = aug(x, m, y, torch.Generator().manual_seed(step), model)
-        steps[every] = len(calls)
-        bg = (m == 0).expand_as(x)
-        red = torch.tensor([1.0, 0.0, 0.0]).view(1, 3, 1, 1).expand_as(x)
-        assert torch.equal(out[bg], red[bg]), "adv_bank=1 puts every row on the bank (here: red)"
+        steps[every], rows[every], passes[every] = len(calls), calls, gens
     assert steps == {1: 6, 3: 2}
+    assert all(20 <= r <= 50 for r in rows[1]), rows    # about 128 * 0.8 * 0.5 * 2/3 = 34 rows, not 128
+    assert passes == {1: [], 3: []}, "replay fills the rows between generator steps: no extra generator pass"
     with pytest.raises(ValueError, match="adv-bank"):
         TrainConfig(adv_bank=1.5).validate()

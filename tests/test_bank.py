@@ -90,7 +90,7 @@ def test_families_seen_names_variants_that_eval_marks():
 
     seen = families_seen("bank")
     assert "texture:stripes" in seen and "color" in seen and "mixed_rand" in seen
-    assert seen_in_training("texture_stripes_8", seen) and seen_in_training("color_red", seen)
+    assert seen_in_training("texture:stripes:8", seen) and seen_in_training("color:red", seen)
     assert not seen_in_training("mean", seen)
 
 
@@ -111,3 +111,22 @@ def test_bank_background_family_is_a_mixture():
     bg = create_background("bank")
     assert set(bg.describe()["members"]) == set(bank_families()) - {"other_sample"}
     assert set(DEFAULT_BANK) >= {"texture:*", "noise"}
+
+
+def test_bare_texture_means_every_kind_with_random_parameters_everywhere():
+    """Issue 15 (f): ``texture`` is ``texture:*`` in the bank, BackgroundSwap and create_background alike;
+    ``texture:NAME`` stays fixed; ``texture:*:PARAM`` is one clear error, not a recursion."""
+    every = {f"texture:{t}:*" for t in TEXTURES.names()}
+    assert parse_bank("texture") == parse_bank("texture:*") and set(parse_bank("texture")) == every
+    assert set(BackgroundSwap("texture").families) == every
+    assert create_background("texture").describe() == create_background("texture:*").describe()
+    assert families_seen("texture") == families_seen("texture:*") == sorted(f[:-2] for f in every)
+    assert parse_bank("texture:stripes") == {"texture:stripes": 1.0}
+    a = create_background("texture").render(6, (16, 16), _gen(0))
+    b = create_background("texture:*").render(6, (16, 16), _gen(0))
+    assert torch.equal(a, b)
+    for spec in ("texture:*:8", "texture:*=2,texture:*:4"):
+        with pytest.raises(ValueError, match="ambiguous: a texture parameter needs one kind"):
+            parse_bank(spec)
+    with pytest.raises(ValueError, match="ambiguous"):
+        create_background("texture:*:8")

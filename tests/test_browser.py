@@ -60,7 +60,7 @@ def test_report_renders_in_chromium(driver, page: Path):
         assert sec.is_displayed(), sid
         assert sec.find_element(By.TAG_NAME, "h2").text == title
     imgs = driver.find_elements(By.TAG_NAME, "img")
-    assert len(imgs) == 6
+    assert len(imgs) == 10                  # 6 figures and 2 x 2 class x background heatmaps
     for img in imgs:
         complete, width, shown = driver.execute_script(
             "const i = arguments[0]; return [i.complete, i.naturalWidth, i.getBoundingClientRect().width];", img)

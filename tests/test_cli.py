@@ -78,3 +78,18 @@ def test_a_bare_checkpoint_suggests_checkpoint_spec(tmp_path):
         load_model(str(f))
     with pytest.raises(ValueError, match="Did you mean 'checkpoint'"):
         load_model("checkpont:x.pt")
+
+
+def test_executors_are_a_registry_listed_and_offered(capsys):
+    from bgbias.core.executors import EXECUTORS, LocalExecutor, create_executor, map_ordered
+
+    assert EXECUTORS.names() == ["local", "ray"]
+    assert isinstance(create_executor("local"), LocalExecutor)
+    with pytest.raises(ValueError, match="Unknown executor 'loc'; valid: local, ray. Did you mean 'local'"):
+        create_executor("loc")
+    assert list(map_ordered(abs, [-3, 1, -2], initializer=lambda: None)) == [3, 1, 2]
+    assert main(["list", "executors"]) == 0
+    assert capsys.readouterr().out.split() == ["local", "ray"]
+    for name in ("build", "challenge"):
+        (action,) = [a for a in _commands()[name]._actions if "--executor" in a.option_strings]
+        assert list(action.choices) == EXECUTORS.names()

@@ -114,3 +114,18 @@ def test_uint8_fast_paths_give_the_bytes_of_the_plain_float_blend():
     assert torch.equal(one, reference(np.repeat(soft[:1], 2, axis=0)))
     empty = compose(t(fg), t(bg), torch.zeros(2, 40, 50))
     assert torch.equal(empty, t(bg))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.uint8])
+def test_one_hxw_mask_broadcasts_over_a_batch(dtype):
+    """The docstring's promise: a plain [H, W] mask serves a whole [N, C, H, W] batch."""
+    g = torch.Generator().manual_seed(0)
+    fg = (torch.rand(4, 3, 8, 8, generator=g) * 255).to(dtype)
+    bg = (torch.rand(4, 3, 8, 8, generator=g) * 255).to(dtype)
+    m = torch.rand(8, 8, generator=g) > 0.5
+    out = compose(fg, bg, m.float())
+    for i in range(4):
+        assert torch.equal(out[i], compose(fg[i], bg[i], m.float()))
+    assert torch.equal(compose(fg, bg, m), out)
+    with pytest.raises(ValueError, match="does not fit"):
+        compose(fg, bg, torch.ones(2, 4, 1, 8, 8))

@@ -46,7 +46,7 @@ def test_outputs_and_config(demo):
     # every IN-9 variant plus colour and texture variants were built and evaluated
     names = set(on_disk["models"][0]["variants"])
     assert {"original", "only_bg_b", "only_bg_t", "no_fg", "only_fg", "mixed_same", "mixed_rand", "mixed_next"} <= names
-    assert any(n.startswith("color_") for n in names) and any(n.startswith("texture_") for n in names)
+    assert any(n.startswith("color:") for n in names) and any(n.startswith("texture:") for n in names)
     # the mitigated model's training families are marked on the variants they produce
     assert on_disk["models"][1]["variants"]["mixed_rand"]["seen_in_training"] is True
     assert on_disk["models"][0]["variants"]["mixed_rand"]["seen_in_training"] is False

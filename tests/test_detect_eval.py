@@ -172,7 +172,7 @@ def test_cli_eval_detect_on_predictions(build, tmp_path, capsys):
 
 
 def test_detection_figures_are_png(build, tmp_path):
-    from bgbias.detect.figures import ap_per_background_png, drop_per_category_png, example_boxes_png
+    from bgbias.report.figures_detect import ap_per_background_png, drop_per_category_png, example_boxes_png
 
     preds = tmp_path / "p"
     for name in ("original", "color_red", "mixed_rand"):

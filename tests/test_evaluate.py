@@ -101,8 +101,9 @@ def test_nan_logits_are_a_clear_error(colour):
 
 
 @pytest.mark.parametrize("variant, families, seen", [
-    ("color_red", ["color"], True), ("color_ff8800", ["color:red"], False), ("color_red", ["color:red"], True),
-    ("texture_stripes_8", ["texture:stripes"], True), ("texture_board_8", ["texture:stripes"], False),
+    ("color:red", ["color"], True), ("color:#ff8800", ["color:red"], False), ("color:red", ["color:red"], True),
+    ("texture:stripes:8", ["texture:stripes"], True), ("texture:board:8", ["texture:stripes"], False),
+    ("texture:stripes:8", ["texture"], True), ("color_red", ["color"], False),
     ("mixed_next", ["mixed_rand"], True), ("mixed_same", ["other_sample"], True), ("original", ["color"], False),
     ("mean_color", ["mean"], False), ("mean", ["mean"], True), ("original", None, None)])
 def test_seen_in_training(variant, families, seen):
@@ -111,6 +112,8 @@ def test_seen_in_training(variant, families, seen):
 
 def test_checkpoint_families_mark_variants_and_workers_agree(colour, tmp_path):
     shutil.copytree(colour / "only_fg", colour / "color_red")
+    (colour / "manifest.json").write_text(json.dumps({"variants": {"color:red": {"name": "color:red",
+                                                                                 "dirname": "color_red"}}}))
     with torch.random.fork_rng():
         torch.manual_seed(0)
         net = SmallCNN(num_classes=3, width=4)
@@ -119,7 +122,7 @@ def test_checkpoint_families_mark_variants_and_workers_agree(colour, tmp_path):
     cfg = dict(model=f"checkpoint:{tmp_path / 'm.pt'}", data=str(colour), progress=False, batch_size=5)
     r = evaluate(EvalConfig(**cfg))
     assert r["families_seen"] == ["color"]
-    assert r["variants"]["color_red"]["seen_in_training"] is True
+    assert r["variants"]["color:red"]["seen_in_training"] is True and "color_red" not in r["variants"]
     assert r["variants"]["original"]["seen_in_training"] is False
     r2 = evaluate(EvalConfig(**cfg, workers=2))
     assert r2["variants"] == r["variants"]
@@ -160,10 +163,22 @@ def test_end_to_end_on_digits_build(digits_build, tmp_path):
     assert main(["eval", *common, "--out", str(tmp_path / "eval.json")]) == 0
     r = json.loads((tmp_path / "eval.json").read_text())
     assert r["variants"]["original"]["n"] == 1797 and len(r["classes"]) == 10
-    assert r["variants"]["color_red"]["seen_in_training"] is True and r["bg_gap"] is not None
+    assert r["variants"]["color:red"]["seen_in_training"] is True and r["bg_gap"] is not None
     assert sum(r["signal_groups"]["counts"].values()) == 1797
     assert main(["challenge", *common, "--out", str(tmp_path / "ch.json"), "--max-backgrounds", "12"]) == 0
     c = json.loads((tmp_path / "ch.json").read_text())
     assert c["exhaustive"] is False and c["n_backgrounds"] == 12 and c["n_foregrounds"] == 1797
     assert c["clean_accuracy"] == pytest.approx(r["variants"]["original"]["accuracy"], abs=2 / 1797)
     assert not (tmp_path / "ch.json.state").exists()
+
+
+def test_variants_are_keyed_by_canonical_name_and_picked_by_name_or_folder(digits_build):
+    net = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(3, 10))
+    cfg = dict(model="m", data=str(digits_build), progress=False, batch_size=512)
+    by_name = evaluate(EvalConfig(**cfg, variants=("color:red", "mixed_rand")), loaded=LoadedModel(net, "m"))
+    by_folder = evaluate(EvalConfig(**cfg, variants=("color_red", "mixed_rand")), loaded=LoadedModel(net, "m"))
+    assert list(by_name["variants"]) == ["color:red", "mixed_rand"]
+    assert by_folder["variants"] == by_name["variants"]
+    assert "color:red " in format_table(by_name) and "color_red" not in format_table(by_name)
+    with pytest.raises(ValueError, match="present: .*color:red"):
+        evaluate(EvalConfig(**cfg, variants=("color:blue",)), loaded=LoadedModel(net, "m"))

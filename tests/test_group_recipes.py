@@ -13,7 +13,8 @@ from bgbias.models.checkpoint import load_checkpoint
 from bgbias.models.nets import create_arch
 from bgbias.train.config import RECIPES, TrainConfig
 from bgbias.train.data import TrainData
-from bgbias.train.group_recipes import GroupDROLoss, balanced_rows
+from bgbias.train.group_recipes import (DFR_C, GroupDROLoss, balanced_rows, dfr_fit, group_balanced_rows, group_index,
+                                        l1_logistic)
 from bgbias.train.loop import normalizer, train
 
 torch.set_num_threads(1)
@@ -73,8 +74,23 @@ def test_every_group_recipe_beats_erm_on_worst_group(data, tmp_path):
     assert counts["a|red"] > 10 * counts["a|blue"]
     saved = json.loads((tmp_path / "jtt" / "metrics.json").read_text())
     assert [h["phase"] for h in saved["history"]] == ["identify", "upweighted", "upweighted"]
-    assert saved["phases"]["upweighted"]["rows"] == 840 + 5 * saved["phases"]["upweighted"]["errors"]
+    assert saved["phases"]["upweighted"]["rows"] == 840 + 19 * saved["phases"]["upweighted"]["errors"]
     assert "val_worst_group_accuracy" in saved["final"]
+
+
+def test_group_dro_and_jtt_find_groups_of_five_images(tmp_path):
+    """The bench's regime (issue 16): at rho 0.99 a rare group has ~5 training images. GroupDRO drawing batches from
+    the training mix (its q barely moved) and JTT with lambda_up 6 stayed at ERM's 0% worst-group accuracy here."""
+    train_data, test = shortcut(1200, 0.99, 0), shortcut(400, 0.5, 1)
+    _fit("baseline", train_data, tmp_path / "erm")
+    erm = _worst_group(tmp_path / "erm", test)
+    assert erm < 0.2
+    for recipe in ("group_dro", "jtt"):
+        m = _fit(recipe, train_data, tmp_path / recipe)
+        wg = _worst_group(tmp_path / recipe, test)
+        assert wg > erm + 0.5, (recipe, wg, erm, m.get("phases"))
+    jtt = json.loads((tmp_path / "jtt" / "metrics.json").read_text())["phases"]["upweighted"]
+    assert jtt["errors_in_small_groups"] == jtt["small_group_rows"] > 0        # the error set holds the rare groups
 
 
 def test_recipes_are_registered_and_need_groups(data, tmp_path):
@@ -131,3 +147,63 @@ def test_dfr_changes_only_the_last_layer_and_resume_is_exact(data, tmp_path):
     assert all(torch.equal(full[k], resumed[k]) for k in full)
     changed = sorted(k for k in erm if not torch.equal(erm[k], full[k]))
     assert changed == ["classifier.bias", "classifier.weight"]      # BatchNorm statistics included: frozen
+
+
+def test_group_dro_draws_batches_group_balanced(data):
+    """Sagawa et al.'s Algorithm 1 samples the group first: every group equally often in an epoch, ERM's epoch size."""
+    train_data, _ = data
+    cfg = TrainConfig(recipe="group_dro", data="shortcut", seed=1)
+    rows = torch.arange(len(train_data.labels))
+    hooks = RECIPES.create("group_dro").hooks("main", cfg, train_data, None, {"train_rows": rows})
+    gid, names = group_index(cfg, train_data)
+    counts = torch.bincount(gid[hooks.rows], minlength=len(names))
+    assert len(hooks.rows) == len(rows) and int(counts.max() - counts.min()) <= 1
+    assert set(hooks.rows.tolist()) <= set(rows.tolist())
+    small = int(torch.bincount(gid).argmin())
+    assert set(rows[gid == small].tolist()) <= set(hooks.rows.tolist())      # every small-group image is drawn
+
+
+def test_group_balanced_rows_cycle_small_groups_and_cut_large_ones():
+    gid = torch.tensor([0] * 50 + [1] * 3 + [2] * 20)
+    rows = group_balanced_rows(torch.arange(73), gid, 31, 0, "t")
+    assert torch.bincount(gid[rows]).tolist() == [11, 10, 10]
+    assert torch.bincount(rows[gid[rows] == 1]).tolist()[50:] in ([4, 3, 3], [3, 4, 3], [3, 3, 4])
+    assert torch.equal(rows, group_balanced_rows(torch.arange(73), gid, 31, 0, "t"))
+
+
+def test_l1_logistic_meets_its_optimality_conditions():
+    """FISTA's answer satisfies the L1 problem's KKT conditions: |grad_j| <= lambda where w_j = 0, = lambda sign(w_j)
+    elsewhere (so it is sklearn's solution of ||W||_1 + C sum CE), and a stronger penalty zeroes more weights."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(200, 6, generator=g, dtype=torch.float64)
+    y = (x[:, 0] + 0.5 * x[:, 1] > 0).long() + (x[:, 2] > 1).long()
+    c = 0.1
+    w, b = l1_logistic(x, y, 3, c, iters=3000)
+    lam = 1.0 / (c * len(y))
+    r = (torch.softmax(x @ w + b, 1) - torch.nn.functional.one_hot(y, 3).double()) / len(y)
+    grad = x.T @ r
+    assert float(r.sum(0).abs().max()) < 1e-5                                   # the unpenalised bias
+    assert float((grad[w == 0].abs() - lam).max()) < 1e-5
+    assert torch.allclose(grad[w != 0], -lam * w[w != 0].sign(), atol=1e-5)
+    assert int((w == 0).sum()) > 0
+    w_strong, _ = l1_logistic(x, y, 3, 0.01, iters=3000)
+    assert int((w_strong == 0).sum()) > int((w == 0).sum())
+
+
+def test_dfr_fit_standardises_the_embeddings():
+    """A feature's units do not matter (the paper standardises): scaling one embedding by 1000 gives the same head
+    predictions; and the fit beats chance on a group-balanced problem whose signal sits in a small-scale feature."""
+    g = torch.Generator().manual_seed(0)
+    n = 240
+    y = torch.arange(n) % 2
+    bg = (torch.arange(n) // 2) % 2
+    gid = 2 * y + bg
+    x = torch.stack([1e-3 * (y * 2 - 1 + 0.5 * torch.randn(n, generator=g)), 100.0 * bg + torch.randn(n, generator=g),
+                     torch.randn(n, generator=g)], 1).double()
+    w1, b1, info = dfr_fit(x, y, gid, 2, seed=0, subsets=4)
+    scaled = x.clone()
+    scaled[:, 2] *= 1000
+    w2, b2, _ = dfr_fit(scaled, y, gid, 2, seed=0, subsets=4)
+    assert torch.equal((x @ w1.T + b1).argmax(1), (scaled @ w2.T + b2).argmax(1))
+    assert float(((x @ w1.T + b1).argmax(1) == y).double().mean()) > 0.9
+    assert info["c"] in DFR_C and info["subsets"] == 4

@@ -201,4 +201,4 @@ def test_train_records_group_counts_and_eval_weights_by_them(digits_source, tmp_
     counts = {k: v for k, v in m["group_counts"].items() if k in g["per_group"]}
     want = sum(v * g["per_group"][k]["accuracy"] for k, v in counts.items()) / sum(counts.values())
     assert g["weighted_accuracy"] == pytest.approx(want)
-    assert set(r["variants"]["color_red"]["groups"]["per_group"]) == {f"{c}|color:red" for c in data.classes}
+    assert set(r["variants"]["color:red"]["groups"]["per_group"]) == {f"{c}|color:red" for c in data.classes}

@@ -128,3 +128,15 @@ def test_preprocess_runs_batched_uint8_and_float_alike():
     torch.testing.assert_close(pp(u8)[1:], pp(u8[1:]))
     flat = Preprocess("t", None, (0.5, 0.5, 0.5), (0.5, 0.25, 0.5))(torch.full((1, 3, 2, 2), 255, dtype=torch.uint8))
     assert flat[0, :, 0, 0].tolist() == [1.0, 2.0, 1.0]
+
+
+def test_training_and_audits_normalise_with_the_same_function_and_numbers():
+    from bgbias.models.load import IMAGENET_MEAN, IMAGENET_STD, Preprocess, normalize
+    from bgbias.train.loop import normalizer
+
+    x = torch.rand(2, 3, 5, 4, generator=torch.Generator().manual_seed(0))
+    want = (x - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    pp = Preprocess("imagenet", None, IMAGENET_MEAN, IMAGENET_STD)
+    train_norm = normalizer({"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}, torch.device("cpu"))
+    for got in (normalize(x, IMAGENET_MEAN, IMAGENET_STD), pp.normalize(x), pp(x), train_norm(x)):
+        assert torch.equal(got, want)

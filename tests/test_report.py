@@ -29,12 +29,27 @@ def _dirname(v: str) -> str:
     return v.replace(":", "_")
 
 
+def _groups(acc: float, backgrounds: list[str]) -> dict:
+    """eval.json's ``groups`` of one variant (the shape bgbias.audit.groups.group_accuracy writes); the worst
+    eligible group is (EVIL class, last background), and one group is too small to be eligible."""
+    per = {f"{c}|{b}": {"accuracy": acc, "n": 5, "eligible": True} for c in CLASSES for b in backgrounds}
+    per[f"{EVIL}|{backgrounds[-1]}"] = {"accuracy": acc - 0.4, "n": 5, "eligible": True}
+    per[f"two|{backgrounds[0]}"] = {"accuracy": 0.0, "n": 1, "eligible": False}
+    return {"n_groups": len(per), "min_count": 3, "eligible": len(per) - 1, "worst_group": f"{EVIL}|{backgrounds[-1]}",
+            "worst_group_accuracy": acc - 0.4, "ci95": [acc - 0.5, acc - 0.3], "too_small": False,
+            "mean_group_accuracy": acc - 0.05, "weighted_accuracy": acc - 0.02, "weighted_by": "training",
+            "per_group": per}
+
+
 def _eval(model: str, accs: dict[str, float], seen: set[str], families: list[str], build: Path) -> dict:
-    variants = {_dirname(v): {"accuracy": a, "ci95": [max(a - 0.05, 0), min(a + 0.05, 1)], "n": 6, "correct": round(6 * a),
+    variants = {v: {"accuracy": a, "ci95": [max(a - 0.05, 0), min(a + 0.05, 1)], "n": 6, "correct": round(6 * a),
                     "per_class": {c: {"accuracy": a, "n": 2} for c in CLASSES},
                     "confusion": [[2, 0, 0], [0, 2, 0], [0, 0, 2]], "seen_in_training": v in seen,
                     "outside_map": [0, 0, 0]}
                 for v, a in accs.items()}
+    variants["original"]["groups"] = _groups(accs["original"], ["color:red", f"photos:{EVIL}"])
+    variants["mixed_rand"]["groups"] = _groups(accs["mixed_rand"], CLASSES)
+    variants["mixed_same"]["groups"] = _groups(accs["mixed_same"], ["zero"])   # one background: no heatmap
     gap = accs["mixed_same"] - accs["mixed_rand"]
     return {"kind": "bgbias-eval/1", "model": model, "data": str(build), "config": {"batch_size": 8},
             "classes": CLASSES, "variants": variants, "bg_gap": {"value": gap, "ci95": [gap - 0.04, gap + 0.04]},
@@ -100,7 +115,15 @@ def write_fixture(root: Path) -> list[Path]:
                          "path": "../../../../etc/passwd"})
         write_json(run / "saliency.json", {
             "kind": "bgbias-saliency/1", "model": model, "data": str(build), "classes": CLASSES,
-            "methods": {"gradcam": {"original": {"fg_share": 0.71, "fg_area": 0.3, "per_class": {EVIL: 0.7}, "n": 6}},
+            "config": {"top_percent": 20.0},
+            "methods": {"gradcam": {"original": {
+                "fg_share": 0.71, "fg_area": 0.3, "per_class": {EVIL: 0.7}, "n": 6,
+                "relevance_rank_accuracy": 0.523, "pointing_game": 0.834, "iou_top": 0.412,
+                "chance": {"fg_share": 0.3, "relevance_rank_accuracy": 0.3, "pointing_game": 0.3, "iou_top": 0.2},
+                "ci95": {"fg_share": [0.6, 0.8], "relevance_rank_accuracy": [0.45, 0.6], "pointing_game": [0.6, 1.0],
+                         "iou_top": [0.35, 0.47]},
+                "per_class_metrics": {EVIL: {"fg_share": 0.7, "relevance_rank_accuracy": 0.567,
+                                             "pointing_game": 1.0, "iou_top": 0.389, "n": 2}}}},
                         "input_grad": {"mixed_rand": {"fg_share": 0.5, "fg_area": 0.3, "per_class": {}, "n": 6}}},
             "overlays": overlays})
         paths += [run / f for f in ("eval.json", "challenge.json", "saliency.json", "metrics.json")]
@@ -151,8 +174,8 @@ def test_page_is_valid_and_complete(report):
     assert not p.errors and not p.stack, p.errors or p.stack
     assert {sid for sid, _ in SECTIONS} <= p.ids
     assert p.scripts == 0
-    # summary, accuracy, examples, fooling, saliency, signal groups: all drawn, all embedded and decodable
-    assert len(p.imgs) == 6
+    # summary, accuracy, examples, fooling, saliency, signal groups, 2 x 2 group heatmaps: drawn, embedded, decodable
+    assert len(p.imgs) == 10
     for src in p.imgs:
         assert src.startswith("data:image/png;base64,")
         Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))).verify()
@@ -176,8 +199,8 @@ def test_summary_sentences_and_results(report):
     base, aug = on_disk["models"]
     assert base["bg_gap"]["value"] == pytest.approx(0.40) and aug["bg_gap"]["value"] == pytest.approx(0.05)
     assert "BG-gap +40.0 points" in base["summary"] and "challenge accuracy 20%" in base["summary"]
-    assert aug["variants"]["color_red"]["seen_in_training"] and not base["variants"]["color_red"]["seen_in_training"]
-    assert aug["variants"]["texture_stripes_4"]["name"] == "texture:stripes:4"  # folder -> name via the manifest
+    assert aug["variants"]["color:red"]["seen_in_training"] and not base["variants"]["color:red"]["seen_in_training"]
+    assert aug["variants"]["texture:stripes:4"]["name"] == "texture:stripes:4"  # keyed by canonical names
     assert aug["top_fooling"][0] == {"class": EVIL, "background": "s4", "fool_rate": 0.75, "n_tested": 4}
     text = out.read_text("utf-8")
     assert text.index('id="summary"') < text.index('id="accuracy"')
@@ -185,10 +208,83 @@ def test_summary_sentences_and_results(report):
     assert text.count("&dagger;") >= 2                  # legend + the seen colour variant of bg-augment
 
 
+def test_older_results_keyed_by_folder_read_like_canonical_ones(tmp_path):
+    """eval.json / saliency.json written before canonical keys (``color_red``) give the same report."""
+    paths = write_fixture(tmp_path)
+    new = write_report(paths, tmp_path / "new" / "report.html")
+    for p in paths:
+        doc = json.loads(p.read_text())
+        if doc.get("kind") == "bgbias-eval/1":
+            doc["variants"] = {_dirname(k): v for k, v in doc["variants"].items()}
+        elif doc.get("kind") == "bgbias-saliency/1":
+            doc["methods"] = {m: {_dirname(k): v for k, v in per.items()} for m, per in doc["methods"].items()}
+            for o in doc["overlays"]:
+                o["variant"] = _dirname(o["variant"])
+        write_json(p, doc)
+    assert "color_red" in json.loads((tmp_path / "runs" / "aug" / "eval.json").read_text())["variants"]
+    old = write_report(paths, tmp_path / "old" / "report.html")
+    assert old["models"] == new["models"] and "color:red" in old["models"][1]["variants"]
+    assert (tmp_path / "old" / "report.html").read_bytes() == (tmp_path / "new" / "report.html").read_bytes()
+    # without the manifest among the inputs, the data folder's manifest maps the folders
+    old_no_manifest = write_report(paths[1:], tmp_path / "old2" / "report.html")
+    assert set(old_no_manifest["models"][1]["variants"]) == set(new["models"][1]["variants"])
+
+
+def _section(text: str, sid: str) -> str:
+    start = text.index(f'<section id="{sid}">')
+    return text[start:text.index("</section>", start)]
+
+
+def test_groups_section_shows_worst_group_beside_accuracy_and_heatmaps(report):
+    _, out, results = report
+    text = out.read_text("utf-8")
+    sec = _section(text, "groups")
+    assert "worst-group accuracy" in sec and "weighted (training)" in sec
+    evil = "&lt;script&gt;alert(1)&lt;/script&gt;"
+    # baseline on original: accuracy 90.0 [85.0, 95.0] next to worst group 50.0 [40.0, 60.0], its name escaped
+    row = sec[sec.index("<tr><td>baseline</td><td><code>original</code>"):]
+    row = row[:row.index("</tr>")]
+    assert "90.0 <span" in row and "[85.0, 95.0]" in row and "50.0 <span" in row and "[40.0, 60.0]" in row
+    assert f"<code>{evil}|photos:{evil}</code>" in row and ">85.0</td>" in row and ">88.0</td>" in row
+    assert ">5 of 6</td>" in row                    # one group too small to be eligible
+    # heatmaps: original and mixed_rand per model (class x background), not mixed_same's single background
+    assert [sec.count(f'data-figure="groups_{k}"') for k in range(1, 6)] == [1, 1, 1, 1, 0]
+    assert "<h3>baseline: <code>original</code></h3>" in sec and "<h3>bg-augment: <code>mixed_rand</code></h3>" in sec
+    assert "<code>mixed_same</code></h3>" not in sec
+    # the accuracy table keeps its worst-group rows
+    assert "worst group, <code>mixed_rand</code>" in _section(text, "accuracy")
+    base = results["models"][0]["variants"]
+    assert base["original"]["worst_group"] == f"{EVIL}|photos:{EVIL}"
+    assert base["original"]["worst_group_accuracy"] == pytest.approx(0.5)
+    assert base["original"]["worst_group_ci95"] == pytest.approx([0.4, 0.6]) and "worst_group" not in base["only_fg"]
+
+
+def test_saliency_section_shows_localisation_metrics(report):
+    _, out, results = report
+    sec = _section(out.read_text("utf-8"), "saliency")
+    for head in ("relevance mass", "rank accuracy", "pointing game", "top-20% IoU"):
+        assert f"<th class=\"n\">{head}</th>" in sec, head
+    row = sec[sec.index("<tr><td>baseline</td><td>gradcam</td><td><code>original</code>"):]
+    row = row[:row.index("</tr>")]
+    for value, ci, chance in (("71.0", "[60.0, 80.0]", "30.0"), ("52.3", "[45.0, 60.0]", "30.0"),
+                              ("83.4", "[60.0, 100.0]", "30.0"), ("41.2", "[35.0, 47.0]", "20.0")):
+        assert f"{value} <span class=\"ci\">{ci}</span> <span class=\"ci\">chance {chance}</span>" in row, value
+    # per class, in a details block: the escaped class name, each metric
+    per = sec[sec.index("<summary>per class</summary>"):]
+    assert "<td>&lt;script&gt;alert(1)&lt;/script&gt;</td>" in per
+    assert all(f">{x}</td>" in per for x in ("70.0", "56.7", "100.0", "38.9"))
+    # an older saliency.json (foreground share only) still fills its row, the rest as dashes
+    other = sec[sec.index("<tr><td>baseline</td><td>input_grad</td>"):]
+    assert "50.0 <span class=\"ci\">chance 30.0</span>" in other[:other.index("</tr>")]
+    loc = results["models"][0]["localisation"]["gradcam"]["original"]
+    assert loc == {"fg_share": 0.71, "relevance_rank_accuracy": 0.523, "pointing_game": 0.834, "iou_top": 0.412}
+
+
 def test_figures_saved_for_readme(report):
     root, _, _ = report
     stems = sorted(p.stem for p in (root / "figs").glob("*.png"))
-    assert stems == ["accuracy", "examples", "fooling", "saliency", "signal_groups", "summary"]
+    assert stems == ["accuracy", "examples", "fooling", "groups_1", "groups_2", "groups_3", "groups_4", "saliency",
+                     "signal_groups", "summary"]
 
 
 def test_path_outside_the_run_folder_is_not_read(tmp_path):
@@ -273,3 +369,16 @@ def test_sparse_results_still_render(tmp_path):
     text = (tmp_path / "r.html").read_text("utf-8")
     assert "No build folder" in text and "No saliency.json" in text
     assert text.count("<img") == 2                       # summary and accuracy plots only
+
+
+def test_report_decides_seen_in_training_by_evals_one_rule():
+    """When eval.json does not know (null), the report falls back to the same rule eval applies."""
+    from bgbias.audit.evaluate import seen_in_training as eval_rule
+    from bgbias.report.figures import seen
+    from bgbias.report.inputs import ModelResults
+
+    m = ModelResults("k", docs={"metrics": {"families_seen": ["mean", "other_sample", "texture:stripes"]}})
+    for v in ("mean", "mean_color", "mixed_next", "texture:stripes:8", "texture:board:8", "original"):
+        assert seen(m, v, {"seen_in_training": None}) is bool(eval_rule(v, m.families_seen)), v
+    assert [seen(m, v, {}) for v in ("mean_color", "mixed_next")] == [False, True]
+    assert seen(m, "original", {"seen_in_training": True}) is True

@@ -143,3 +143,16 @@ def test_spurious_source_follows_rho(digits_source):
 def test_subset_source_keeps_ids_and_labels(digits_source):
     assert isinstance(digits_source, SubsetSource) and len(digits_source) == 60
     assert digits_source.labels().count(3) == 6
+
+
+def test_detection_and_classification_sources_share_one_index_base():
+    from bgbias.detect.data import DetSource, create_det_source
+    from bgbias.sources.base import IndexedSource, Source, create_source
+
+    assert issubclass(Source, IndexedSource) and issubclass(DetSource, IndexedSource)
+    assert not issubclass(DetSource, Source)            # no labels(): a detection image has many objects
+    det, cls = create_det_source("digits-det:6:64"), create_source("digits")
+    assert len(det) == len(det.ids()) == 6 and det.scan_dropped == []
+    assert list(det.describe())[:5] == ["spec", "type", "n", "categories", "scan_dropped"]
+    assert list(cls.describe())[:5] == ["spec", "type", "n", "classes", "scan_dropped"]
+    assert det.describe()["categories"] == det.categories and repr(det) == "DigitsDetSource('digits-det:6:64', n=6)"

@@ -63,7 +63,7 @@ def test_balanced_plan_is_deterministic_and_seeded(digits):
 def test_class_groups_share_a_family(digits):
     sp = SpuriousSource(digits, rho=1.0, families=["color:red", "color:blue"], class_groups="0,1,2,3,4/5,6,7,8,9")
     d = sp.describe()["spurious"]
-    assert d["per_class"]["three"] == "color:red" and d["per_class"]["seven"] == "color:blue"
+    assert d["per_class"] == {"zero+one+two+three+four": "color:red", "five+six+seven+eight+nine": "color:blue"}
     assert d["class_groups"][0] == ["zero", "one", "two", "three", "four"]
     assert parse_class_groups("zero,one/two", ["zero", "one", "two"]) == [[0, 1], [2]]
     with pytest.raises(ValueError, match="classes two are in no group"):
@@ -90,12 +90,53 @@ def test_cli_build_with_photo_folders_and_groups(image_folder, tmp_path):
     m = json.loads((out / "manifest.json").read_text())
     sp = m["source"]["spurious"]
     assert sp["class_groups"] == [["bird", "cat"], ["dog"]]
-    assert sp["per_class"] == {"bird": f"photos:{land}", "cat": f"photos:{land}", "dog": f"photos:{water}"}
+    assert m["classes"] == ["bird+cat", "dog"]                      # relabelled to the groups
+    assert sp["per_class"] == {"bird+cat": f"photos:{land}", "dog": f"photos:{water}"}
     s = next(x for x in m["samples"] if x["class_dir"].endswith("dog"))
     img = np.array(Image.open(out / "original" / "val" / s["class_dir"] / f"{s['id']}.png"))
     mask = np.load(out / "fg_mask" / "val" / s["class_dir"] / f"{s['id']}.npy")
     assert (img[mask == 0] == (20, 20, 220)).all()
     groups = sample_groups(m, "original")
     assert groups[s["id"]] == f"dog|photos:{water}" and len(groups) == 12
-    assert set(sample_groups(m, "mixed_rand").values()) <= {f"{a}|{b}" for a in ("cat", "dog", "bird")
-                                                            for b in ("cat", "dog", "bird")}
+    assert set(sample_groups(m, "mixed_rand").values()) <= {f"{a}|{b}" for a in ("bird+cat", "dog")
+                                                            for b in ("bird+cat", "dog")}
+
+
+def test_class_groups_relabel_samples_to_the_group_classes(digits):
+    """Waterbirds-style: digits 0-4 become class "low", 5-9 "high"; the original class is kept in the manifest."""
+    sp = SpuriousSource(digits, rho=1.0, families=["color:red", "color:blue"],
+                        class_groups="low=0,1,2,3,4/high=5,6,7,8,9")
+    assert sp.classes == ["low", "high"]
+    base = digits.labels()
+    assert sp.labels() == [0 if y < 5 else 1 for y in base]
+    i = base.index(7)
+    assert sp.load(i).label == 1 and sp.family_of(i) == "color:blue"
+    d = sp.describe()
+    assert d["classes"] == ["low", "high"]
+    s = d["spurious"]
+    assert s["base_classes"] == list(digits.classes) and s["per_class"] == {"low": "color:red", "high": "color:blue"}
+    assert s["relabel"]["seven"] == "high" and s["relabel"]["zero"] == "low"
+    assert s["per_sample_base_class"][digits.ids()[i]] == "seven"
+    assert set(s["group_counts"]["all"]) == {"low|color:red", "high|color:blue"}
+    # unnamed groups are named by their members; names must be unique and usable as group keys
+    assert SpuriousSource(digits, families=FAMS[:2], class_groups="0,1/2,3,4,5,6,7,8,9").classes[0] == "zero+one"
+    with pytest.raises(ValueError, match="names must be unique"):
+        parse_class_groups("a=0/a=1", ["zero", "one"])
+    with pytest.raises(ValueError, match="may not contain"):
+        parse_class_groups("a|b=0/c=1", ["zero", "one"])
+
+
+def test_cli_build_with_groups_writes_group_classes(image_folder, tmp_path):
+    images, masks = image_folder
+    out = tmp_path / "g"
+    assert main(["build", f"folder:{images}", "--masks", str(masks), "--out", str(out), "--variants", "original",
+                 "--spurious", "0.9", "--spurious-families", "color:red,color:blue", "--spurious-groups",
+                 "pets=cat,dog/birds=bird", "--holdout", "0.5", "--workers", "1", "--quiet"]) == 0
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["classes"] == ["pets", "birds"]
+    assert sorted(p.name for p in (out / "original" / "train").iterdir()) == ["00_pets", "01_birds"]
+    base = m["source"]["spurious"]["per_sample_base_class"]
+    assert len(base) == 12 and all((s["label"] == 1) == (base[s["id"]] == "bird") for s in m["samples"])
+    assert Counter(s["label"] for s in m["samples"]) == {0: 8, 1: 4}
+    assert set(sample_groups(m, "original").values()) <= {f"{c}|color:{f}" for c in ("pets", "birds")
+                                                          for f in ("red", "blue")}

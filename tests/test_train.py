@@ -132,3 +132,26 @@ def test_cli_train_and_errors(tmp_path, capsys):
         train(TrainConfig(recipe="bg-augment", out=str(tmp_path / "x"), epochs=1), progress=False,
               data=TrainData(torch.zeros(4, 3, 16, 16, dtype=torch.uint8), None, torch.tensor([0, 1, 0, 1]),
                              list("abcd"), ["a", "b"], []))
+
+
+def test_cli_train_passes_adversarial_options(tmp_path, capsys, monkeypatch):
+    """``--adv-bank`` and ``--gen-every`` reach the TrainConfig (issue 15), and bad values are one clear error."""
+    import bgbias.train.loop as loop
+    from bgbias.cli import main
+
+    seen = {}
+
+    def fake_train(cfg, progress=True):
+        seen["cfg"] = cfg.validate()
+        return {"final": {}}
+
+    monkeypatch.setattr(loop, "train", fake_train)
+    assert main(["train", "--recipe", "adversarial", "--data", "digits:16", "--out", str(tmp_path / "a"), "--quiet",
+                 "--adv-bank", "0.25", "--gen-every", "3"]) == 0
+    assert seen["cfg"].adv_bank == 0.25 and seen["cfg"].gen_every == 3
+    assert main(["train", "--recipe", "adversarial", "--data", "digits:16", "--out", str(tmp_path / "a"), "--quiet"]) == 0
+    assert (seen["cfg"].adv_bank, seen["cfg"].gen_every) == (TrainConfig().adv_bank, TrainConfig().gen_every)
+    monkeypatch.undo()
+    assert main(["train", "--recipe", "adversarial", "--data", "digits:16", "--out", str(tmp_path / "b"), "--quiet",
+                 "--gen-every", "0"]) == 2
+    assert "--gen-every >= 1" in capsys.readouterr().err

@@ -20,52 +20,24 @@ from bgbias.audit.core import AuditConfig, bootstrap_ci, open_audit, overlap_wit
 from bgbias.audit.groups import (
     DEFAULT_MIN_COUNT,
     group_accuracy,
-    read_manifest,
     reference_levels,
     sample_groups,
     too_small,
 )
-from bgbias.core.layout import SIGNAL_GROUPS, Item, list_items, list_variant_dirs, sanitize_name
+from bgbias.core.layout import SIGNAL_GROUPS, Item, list_items, list_variant_dirs, read_manifest
+from bgbias.core.names import seen_in_training, variant_names
 from bgbias.core.record import build_record
 from bgbias.core.seeding import numpy_rng
 from bgbias.models.load import LoadedModel
-
-
-
-_MIXED_FAMILIES = {"mixed", "mixed_rand", "mixed_same", "mixed_next", "other_sample", "other", "rand", "same", "next"}
-
-
-_EXACT_ONLY = {"mean", "original"}   # "mean" must not claim "mean_color"
 
 
 @dataclass(frozen=True)
 class EvalConfig(AuditConfig):
     """Everything that decides an eval result; saved into ``eval.json``."""
 
-    variants: tuple[str, ...] | None = None   # None = every variant folder present
+    variants: tuple[str, ...] | None = None   # None = every variant folder present; canonical names or folders
     n_bootstrap: int = 1000
     group_min_count: int = DEFAULT_MIN_COUNT   # groups with fewer samples are reported, not eligible for "worst"
-
-
-def family_dirname(family: str) -> str:
-    return sanitize_name(family.replace(":", "_"))
-
-
-def seen_in_training(variant_dir: str, families: Sequence[str] | None) -> bool | None:
-    """Whether a training background family produced this variant's kind of image (None when unknown).
-
-    ``color`` marks every ``color_*`` folder, ``texture:stripes`` marks ``texture_stripes*``,
-    ``mixed_rand``/``other_sample`` (another image's background) mark every ``mixed_*`` folder.
-    """
-    if families is None:
-        return None
-    for fam in families:
-        if fam in _MIXED_FAMILIES and variant_dir.startswith("mixed_"):
-            return True
-        prefix = family_dirname(fam)
-        if variant_dir == prefix or (prefix not in _EXACT_ONLY and variant_dir.startswith(prefix + "_")):
-            return True
-    return False
 
 
 def _variant_result(items: list[Item], preds: np.ndarray, valid: np.ndarray, classes: list[str],
@@ -135,15 +107,23 @@ def signal_groups(fg: dict, bg: dict, classes: list[str]) -> dict[str, Any]:
     return {"counts": counts, "per_class": per_class, "n": sum(counts.values())}
 
 
-def resolve_variants(data: Path, variants: Sequence[str] | None, split: str = "val") -> list[str]:
+def resolve_variants(data: Path, variants: Sequence[str] | None, split: str = "val",
+                     manifest: dict | None = None) -> list[tuple[str, str]]:
+    """``(canonical name, folder)`` of each variant to audit, in folder order for ``None``/``all``.
+
+    ``variants`` may name a variant by its canonical name (``color:red``) or its folder (``color_red``); the
+    manifest says which folder holds which name (without one, as in the IN-9 release, folders are the names).
+    """
     present = list_variant_dirs(data, split)
+    names = variant_names(manifest if manifest is not None else read_manifest(data))
     if not variants or list(variants) == ["all"]:
-        return present
-    missing = [v for v in variants if v not in present]
+        return [(names.get(d, d), d) for d in present]
+    folder = {**{d: d for d in present}, **{names.get(d, d): d for d in present}}
+    missing = [v for v in variants if v not in folder]
     if missing:
         raise ValueError(f"Variant {missing[0]!r} is missing from {data} (split {split!r}); "
-                         f"present: {', '.join(present)}.")
-    return list(variants)
+                         f"present: {', '.join(names.get(d, d) for d in present)}.")
+    return [(names.get(d, d), d) for d in dict.fromkeys(folder[v] for v in variants)]
 
 
 def evaluate(config: EvalConfig, loaded: LoadedModel | None = None) -> dict[str, Any]:
@@ -154,34 +134,35 @@ def evaluate(config: EvalConfig, loaded: LoadedModel | None = None) -> dict[str,
     data = Path(config.data)
     audit = open_audit(config, loaded)
     families = audit.model.families_seen
-    variants = resolve_variants(data, config.variants, config.split)
+    manifest = read_manifest(data)
+    variants = resolve_variants(data, config.variants, config.split, manifest)
     result: dict[str, Any] = {"kind": "bgbias-eval/1", "model": config.model, "data": str(data), "split": config.split,
                               "config": asdict(config), "preprocess": audit.preprocess.to_dict(),
                               "label_map": audit.label_map.name, "classes": audit.classes, "variants": {},
                               "families_seen": families, "skipped": []}
     keyed: dict[str, dict] = {}
-    manifest = read_manifest(data)
     train_counts = audit.model.meta.get("group_counts") or None
     result["group_min_count"] = config.group_min_count
     seen_ids: set[str] = set()
-    for v in variants:
-        items = list_items(data, v, config.split)
+    for name, folder in variants:      # results keyed by the canonical name; seeds keep the folder (same numbers)
+        items = list_items(data, folder, config.split)
         seen_ids.update(it.id for it in items)
         if not items:
-            raise ValueError(f"Variant {v!r} in {data} has no images.")
+            raise ValueError(f"Variant {name!r} in {data} has no images.")
         if max(it.label for it in items) >= len(audit.classes):
-            raise ValueError(f"Variant {v!r} has class folders beyond the {len(audit.classes)} classes of 'original'.")
-        preds, _, bad = predict_variant(config, audit, v, [it.path for it in items], loaded)  # sharded if asked
-        result["skipped"].extend({"path": str(items[i].path), "variant": v, "reason": r} for i, r in bad)
+            raise ValueError(f"Variant {name!r} has class folders beyond the {len(audit.classes)} classes of "
+                             "'original'.")
+        preds, _, bad = predict_variant(config, audit, name, [it.path for it in items], loaded)  # sharded if asked
+        result["skipped"].extend({"path": str(items[i].path), "variant": name, "reason": r} for i, r in bad)
         valid = preds != -2
-        rng = numpy_rng(config.seed, "bootstrap", v)
-        result["variants"][v] = _variant_result(items, preds, valid, audit.classes, rng, config.n_bootstrap,
-                                                seen_in_training(v, families))
+        rng = numpy_rng(config.seed, "bootstrap", folder)
+        result["variants"][name] = _variant_result(items, preds, valid, audit.classes, rng, config.n_bootstrap,
+                                                   seen_in_training(name, families))
         labels = np.array([it.label for it in items])
-        result["variants"][v]["chance"] = 1.0 / len(audit.classes)
-        result["variants"][v]["groups"] = _groups(items, preds == labels, valid, sample_groups(manifest, v),
-                                                  config, train_counts, v)
-        keyed[v] = _by_key(items, preds == labels, valid)
+        result["variants"][name]["chance"] = 1.0 / len(audit.classes)
+        result["variants"][name]["groups"] = _groups(items, preds == labels, valid, sample_groups(manifest, folder),
+                                                     config, train_counts, folder)
+        keyed[name] = _by_key(items, preds == labels, valid)
     result["bg_gap"] = (bg_gap(keyed["mixed_same"], keyed["mixed_rand"], numpy_rng(config.seed, "bg_gap"),
                                config.n_bootstrap) if "mixed_same" in keyed and "mixed_rand" in keyed else None)
     result["signal_groups"] = (signal_groups(keyed["only_fg"], keyed["only_bg_t"], audit.classes)

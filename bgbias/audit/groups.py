@@ -13,9 +13,7 @@ wider than :data:`TOO_WIDE` is flagged ``too_small``. No torch here (the report 
 """
 from __future__ import annotations
 
-import json
 from collections import Counter
-from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -56,15 +54,6 @@ def wilson_ci(k: int, n: int, z: float = 1.959964) -> list[float] | None:
 # ------------------------------------------------------------------------------------- groups from a build
 def group_key(class_name: str, background: str) -> str:
     return f"{class_name}{SEP}{background}"
-
-
-def read_manifest(data: str | Path) -> dict | None:
-    """The build's ``manifest.json`` (None for a folder without one, such as the official IN-9 release)."""
-    p = Path(data) / "manifest.json"
-    if not p.is_file():
-        return None
-    with open(p, encoding="utf-8") as f:
-        return json.load(f)
 
 
 def _variant_entry(manifest: Mapping, variant: str) -> dict | None:

@@ -104,14 +104,15 @@ def run_saliency(cfg: SaliencyConfig, out: str | Path = "saliency.json",
     layer = find_target(audit.model.module, cfg.layer) if any(
         "layer" in SALIENCY_METHODS.entry(m).tags for m in cfg.methods) else None
     variants = resolve_variants(data, cfg.variants, cfg.split)
+    folders = dict(variants)
     overlay_dir = out.parent / f"{out.stem}_overlays"
     chosen: set[str] | None = None
     per_image = {m: {} for m in cfg.methods}
     result: dict[str, Any] = {"kind": "bgbias-saliency/1", "model": cfg.model, "data": str(data),
                               "config": asdict(cfg), "classes": audit.classes, "methods": {}, "overlays": [],
                               "layer": layer.name if layer else None, "preprocess": pp.to_dict(), "skipped": []}
-    for v in variants:
-        items = list_items(data, v, cfg.split)
+    for v, folder in variants:     # keyed by canonical name; overlay paths and seeds keep the folder
+        items = list_items(data, folder, cfg.split)
         if chosen is None:
             ids = sorted({f"{it.label}/{it.id}" for it in items})
             if len(ids) > cfg.max_images:
@@ -122,8 +123,8 @@ def run_saliency(cfg: SaliencyConfig, out: str | Path = "saliency.json",
         for it in items:
             mpath = find_mask(data, it)
             if not mpath.is_file():
-                raise ValueError(f"{v}/{it.path.parent.name}/{it.path.name} has no mask {mpath.name} in fg_mask/{cfg.split}; "
-                                 "image and mask names must match.")
+                raise ValueError(f"{folder}/{it.path.parent.name}/{it.path.name} has no mask {mpath.name} in "
+                                 f"fg_mask/{cfg.split}; image and mask names must match.")
             try:
                 img = read_image(it.path)
                 rows.append((it, img, read_mask(mpath, shape=img.shape[:2])))
@@ -150,7 +151,7 @@ def run_saliency(cfg: SaliencyConfig, out: str | Path = "saliency.json",
                     one = {k: loc[k][j] for k in loc}
                     per_image[m][v].append((r[0].label, one, float(masks[j].mean())))
                     if i + j < cfg.overlays:
-                        rel = Path(m) / sanitize_name(v) / f"{sanitize_name(r[0].id)}.png"
+                        rel = Path(m) / sanitize_name(folder) / f"{sanitize_name(r[0].id)}.png"
                         img, msk = (r[1], r[2]) if shown is None else (shown[j].numpy(), masks[j].cpu().numpy())
                         write_png(safe_join(overlay_dir, str(rel)), overlay(img, a[j].cpu().numpy(), msk))
                         s = one["fg_share"]
@@ -160,7 +161,7 @@ def run_saliency(cfg: SaliencyConfig, out: str | Path = "saliency.json",
     result["record"] = build_record(audit.model.files, audit.model.module, audit.device, cfg.seed, data,
                                     result["preprocess"])
     for m in cfg.methods:
-        result["methods"][m] = {v: _summary(rows, audit.classes, numpy_rng(cfg.seed, "saliency-ci", m, v),
+        result["methods"][m] = {v: _summary(rows, audit.classes, numpy_rng(cfg.seed, "saliency-ci", m, folders[v]),
                                             cfg.n_bootstrap) for v, rows in per_image[m].items()}
     result["split"] = cfg.split
     result["overlap_with_training"] = overlap_with_training(audit, {i.split("/", 1)[1] for i in chosen or ()},

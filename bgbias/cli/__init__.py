@@ -42,11 +42,12 @@ class Parser(argparse.ArgumentParser):
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
-    """The full parser, or with ``command`` one naming a command module, only that command's."""
+    """The full parser, or with ``command`` a command name (``eval-detect``) or module name, only that command's."""
     parser = Parser(prog="bgbias", description="Measure and remove background reliance in image classifiers.")
     sub = parser.add_subparsers(title="commands", metavar="COMMAND", parser_class=Parser)
     names = sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_"))
-    for name in [command] if command in names else names:
+    module_name = command.replace("-", "_") if command else None   # ``eval-detect`` lives in eval_detect.py
+    for name in [module_name] if module_name in names else names:
         module = importlib.import_module(f"{__name__}.{name}")
         if hasattr(module, "register"):
             module.register(sub)

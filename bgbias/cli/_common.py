@@ -1,4 +1,4 @@
-"""Option helpers every command shares: registry names (``-``/``_`` alike, "did you mean"), ``HxW`` sizes."""
+"""Option helpers every command shares: registry names (``-``/``_`` alike, "did you mean"), ``HxW`` sizes, ``--executor``."""
 from __future__ import annotations
 
 import argparse
@@ -32,3 +32,10 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
     """``--quiet`` and ``--debug``, spelled the same in every command."""
     p.add_argument("--quiet", action="store_true", help="no progress bars (they are off anyway when not on a terminal)")
     p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+
+
+def add_executor_option(p: argparse.ArgumentParser, default: str | None, help: str) -> None:
+    """``--executor``, its choices the executor registry's names (what ``bgbias list executors`` prints)."""
+    from bgbias.core.executors import EXECUTORS
+
+    p.add_argument("--executor", choices=EXECUTORS.names(), default=default, help=help)

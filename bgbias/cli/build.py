@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 
-from bgbias.core.executors import EXECUTORS
+from ._common import add_executor_option
 
 
 def _source(args):
@@ -72,8 +72,7 @@ def register(sub) -> None:
                         "the seed and ids) where the source has no split of its own; default: none, all 'val'")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                    help="worker processes (default: all cores); output bytes do not depend on it")
-    p.add_argument("--executor", choices=EXECUTORS, default="local",
-                   help="local process pool, or ray (pip install 'bgbias[ray]'); same output bytes")
+    add_executor_option(p, "local", "local process pool, or ray (pip install 'bgbias[ray]'); same output bytes")
     p.add_argument("--masks", metavar="DIR", help="folder:DIR only: masks with the same relative paths (.png or .npy)")
     p.add_argument("--spurious", type=float, metavar="RHO",
                    help="Waterbirds-style build: in the train split class c sits on background family c (of "
@@ -85,8 +84,11 @@ def register(sub) -> None:
                         "folders (e.g. photos:LAND_DIR,photos:WATER_DIR) "
                         f"(default: {','.join(DEFAULT_SPURIOUS_FAMILIES)})")
     p.add_argument("--spurious-groups", metavar="GROUPS",
-                   help="tie groups of classes to one family each, groups split by '/' (class names or indices, "
-                        "e.g. 0,1,2,3,4/5,6,7,8,9: group k sits on family k); default: each class its own group")
+                   help="tie groups of classes to one family each and relabel every sample to its group, "
+                        "Waterbirds-style: groups split by '/', members class names or indices, NAME= optional "
+                        "(e.g. low=0,1,2,3,4/high=5,6,7,8,9: group k is class k and sits on family k; unnamed "
+                        "groups are named by their members joined with '+'); the original class of every sample "
+                        "is kept in the manifest; default: each class its own group")
     p.add_argument("--task", choices=("classification", "detection"), default="classification",
                    help="detection: keep every instance and box, write COCO json per variant (bgbias.detect.build)")
     p.add_argument("--image-format", choices=("png", "jpeg"), default="png",

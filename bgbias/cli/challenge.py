@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from ._common import add_executor_option
 from ._model_options import add_model_arguments, model_kwargs, split_list
 
 
@@ -54,8 +55,7 @@ def register(sub) -> None:
     p.add_argument("--active", type=int, default=None, help="foregrounds searched at once (default 512)")
     p.add_argument("--shards", type=int, default=None,
                    help="split the foregrounds into N shards searched by separate workers (same verdicts)")
-    p.add_argument("--executor", choices=("local", "ray"), default=None,
-                   help="where shard workers run: local processes (default) or a Ray cluster")
+    add_executor_option(p, None, "where shard workers run: local processes (default) or a Ray cluster")
     p.add_argument("--devices", default=None,
                    help="comma-separated devices, one shard worker each (e.g. cuda:0,cuda:1); default --device")
     p.add_argument("--amp", action="store_true",

@@ -22,6 +22,6 @@ def eval_command(args: argparse.Namespace) -> int:
 def register(sub) -> None:
     p = sub.add_parser("eval", help="accuracy per variant, BG-gap, signal groups of a model")
     add_model_arguments(p)
-    p.add_argument("--variants", default="all", help="all | comma-separated variants (e.g. original,mixed_rand)")
+    p.add_argument("--variants", default="all", help="all | comma-separated variant names or folders (e.g. original,color:red)")
     p.add_argument("--out", default="eval.json", help="result JSON to write")
     p.set_defaults(func=eval_command)

@@ -1,4 +1,5 @@
-"""``bgbias report``: one self-contained HTML page (+ results.json) from eval/challenge/saliency/metrics JSON."""
+"""``bgbias report``: one self-contained HTML page (+ results.json) from eval/challenge/saliency/metrics/eval-detect
+JSON."""
 from __future__ import annotations
 
 
@@ -19,8 +20,9 @@ def report_command(args) -> int:
 
 def register(sub) -> None:
     p = sub.add_parser("report", help="write an HTML report (+ results.json) from result JSON files",
-                       description="Combine eval.json, challenge.json, saliency.json, metrics.json and a build's "
-                                   "manifest.json (any subset, any number of models) into one HTML page.")
+                       description="Combine eval.json, challenge.json, saliency.json, metrics.json, eval-detect "
+                                   "JSON and a build's manifest.json (any subset, any number of models) into one "
+                                   "HTML page.")
     p.add_argument("inputs", nargs="+", metavar="FILE.json", help="result files; models are grouped by their spec")
     p.add_argument("--out", default="report.html", help="HTML file to write (default: report.html)")
     p.add_argument("--results", default=None, help="combined JSON (default: results.json next to --out)")

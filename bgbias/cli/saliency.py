@@ -37,7 +37,7 @@ def register(sub) -> None:
 
     p = sub.add_parser("saliency", help="share of Grad-CAM / input-gradient attribution on the foreground mask")
     add_model_arguments(p)
-    p.add_argument("--variants", default="all", help="all | comma-separated variant folders")
+    p.add_argument("--variants", default="all", help="all | comma-separated variant names or folders (e.g. original,color:red)")
     p.add_argument("--methods", default=None, help=f"comma-separated, from: {', '.join(SALIENCY_METHODS.names())} "
                                                    f"(default: {','.join(DEFAULT_METHODS)})")
     p.add_argument("--target-layer", "--layer", dest="layer", default=None,

@@ -81,8 +81,8 @@ def register(sub) -> None:
                    help="source specs only: the share held out for validation; a build dir trains on its "
                         "'train' split and validates on 'val'")
     p.add_argument("--families", default=",".join(d.families),
-                   help="bg-augment backgrounds, FAMILY[=WEIGHT],...: bank (default), texture:* (random parameters), "
-                        "texture:NAME[:param], noise[:smooth|fractal|pixel], gradient, color:random, color:<c>, mean, "
+                   help="bg-augment backgrounds, FAMILY[=WEIGHT],...: bank (default), texture (= texture:*: every texture, "
+                        "random parameters), texture:NAME[:param] (fixed), texture:NAME:* (random), noise[:smooth|fractal|pixel], gradient, color:random, color:<c>, mean, "
                         "mean_color, photos:DIR (random crops), other_sample, same_class, next_class; e.g. "
                         "'bank,photos:DIR=0.5'")
     p.add_argument("--p", type=float, default=d.p, help="bg-augment: probability a background is swapped")
@@ -97,6 +97,11 @@ def register(sub) -> None:
     p.add_argument("--brightness", type=_limit, default=d.brightness,
                    help="adversarial: L_BA limit on the mean background brightness, or 'none'")
     p.add_argument("--replay", type=int, default=d.replay, help="adversarial: past backgrounds kept for replay")
+    p.add_argument("--adv-bank", type=float, default=d.adv_bank,
+                   help=f"adversarial: share of the non-clean rows whose background comes from --families' bank "
+                        f"instead of the generator (default {d.adv_bank}; 0 = generator only)")
+    p.add_argument("--gen-every", type=int, default=d.gen_every,
+                   help=f"adversarial: one background-generator step every N batches (default {d.gen_every})")
     p.add_argument("--dro-eta", type=float, default=d.dro_eta,
                    help=f"group_dro: step size of the online group weights (default {d.dro_eta})")
     p.add_argument("--dro-weight-decay", type=float, default=d.dro_weight_decay,
@@ -106,8 +111,8 @@ def register(sub) -> None:
     p.add_argument("--jtt-up", type=int, default=d.jtt_up,
                    help=f"jtt: each training error appears this many times when retraining (default {d.jtt_up})")
     p.add_argument("--dfr-epochs", type=int, default=d.dfr_epochs,
-                   help=f"dfr: epochs retraining the last layer on the group-balanced held-out rows "
-                        f"(default {d.dfr_epochs})")
+                   help=f"dfr: loop epochs (at learning rate 0) scoring the last layer refitted by L1 logistic "
+                        f"regression on the group-balanced held-out rows (default {d.dfr_epochs})")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     add_run_flags(p)
     p.set_defaults(func=train_command)

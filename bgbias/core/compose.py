@@ -13,9 +13,11 @@ import torch
 
 def _as_mask(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """``[..., H, W]`` or ``[..., 1, H, W]`` mask -> broadcastable ``[..., 1, H, W]`` (float or bool)."""
-    if mask.ndim == like.ndim - 1:
+    # [H, W], or [..., H, W] with fewer leading dims than the image: add the channel axis; a leading
+    # 1 (``[1, H, W]``) reads the same either way, so it is taken as the channel axis.
+    if mask.ndim == 2 or (mask.ndim < like.ndim and mask.shape[-3] != 1):
         mask = mask.unsqueeze(-3)
-    if mask.ndim != like.ndim or mask.shape[-2:] != like.shape[-2:]:
+    if mask.ndim > like.ndim or mask.ndim < 3 or mask.shape[-3] != 1 or mask.shape[-2:] != like.shape[-2:]:
         raise ValueError(
             f"Mask shape {tuple(mask.shape)} does not fit image shape {tuple(like.shape)}; "
             "expected [..., H, W] or [..., 1, H, W] with the same H, W.")
@@ -52,6 +54,8 @@ def compose(fg: torch.Tensor, bg: torch.Tensor, mask: torch.Tensor) -> torch.Ten
         raise TypeError(f"fg and bg must share a dtype, got {fg.dtype} and {bg.dtype}.")
     m = _as_mask(mask, fg)
     if fg.dtype == torch.uint8:
+        if m.dtype != torch.bool and m.device.type == "cpu" and bool(((m == 0) | (m == 1)).all()):
+            m = m.bool()                          # a hard mask stored as float: same bytes, integer path
         if m.dtype == torch.bool:
             mu = _fit_layout(m.to(torch.uint8), fg)
             return fg * mu + bg * (1 - mu)        # exactly fg where 1, bg where 0
@@ -61,7 +65,8 @@ def compose(fg: torch.Tensor, bg: torch.Tensor, mask: torch.Tensor) -> torch.Ten
             return _blend_u8(fg, bg, m)
         # Outside the mask's box every pixel is bg: blend only inside it (objects are a fraction of the frame)
         sl = (..., slice(box[0], box[1]), slice(box[2], box[3]))
-        shape = torch.broadcast_shapes(fg.shape, bg.shape, m.shape[:-3] + (1,) + m.shape[-2:])
+        # numpy's rule is torch's; torch.broadcast_shapes would import torch._refs (sympy: ~1 s per process)
+        shape = torch.Size(np.broadcast_shapes(fg.shape, bg.shape, m.shape[:-3] + (1,) + m.shape[-2:]))
         out = bg.clone() if bg.shape == shape else bg.expand(shape).clone(memory_format=torch.contiguous_format)
         out[sl] = _blend_u8(fg[sl], bg[sl], m[sl])
         return out

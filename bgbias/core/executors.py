@@ -1,4 +1,4 @@
-"""Run a list of tasks in order: in this process, on a local process pool, or on Ray.
+"""Run a list of tasks in order: in this process, on a local process pool, or on Ray (the ``EXECUTORS`` registry).
 
 Long jobs (``bgbias build``, ``bgbias masks``) cut their work into a fixed
 plan of tasks and map one function over it here. Results always come back in
@@ -13,62 +13,97 @@ import os
 import signal
 import threading
 import time
+from abc import ABC, abstractmethod
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
-EXECUTORS = ("local", "ray")
+from bgbias.core.registry import Registry
+
 RAY_MISSING = "--executor ray needs Ray; install it with: pip install 'bgbias[ray]'."
 
 
-def check_executor(executor: str) -> None:
-    """One clear sentence for an unknown executor or a missing Ray, before any work starts."""
-    if executor not in EXECUTORS:
-        raise ValueError(f"Unknown executor {executor!r}; valid: {', '.join(EXECUTORS)}.")
-    if executor == "ray":
+class Executor(ABC):
+    """Where a plan of tasks runs. ``map`` yields ``fn(task)`` in task order, whatever the workers do."""
+
+    @abstractmethod
+    def map(self, fn: Callable[[Any], Any], tasks: Sequence[Any], *, initializer: Callable[..., None],
+            initargs: tuple, workers: int, preload: str | None, chunksize: int,
+            ray_remote_args: dict[str, Any] | None) -> Iterator[Any]:
+        """``fn(task)`` for every task, in task order; each worker runs ``initializer(*initargs)`` once."""
+
+
+EXECUTORS: Registry[Executor] = Registry("executor")
+
+
+@EXECUTORS.register("local", help="this process (workers <= 1) or a local forkserver process pool; workers die "
+                                  "with the parent")
+class LocalExecutor(Executor):
+    """In this process (torch/OpenCV thread counts put back afterwards) or on a forkserver process pool.
+
+    A plain fork after OpenCV or torch started threads can hang, hence forkserver; ``preload`` names the
+    module the server imports once.
+    """
+
+    def map(self, fn, tasks, *, initializer, initargs, workers, preload, chunksize, ray_remote_args):
+        if workers <= 1 or len(tasks) <= 1:
+            import cv2
+            import torch
+
+            threads, cv_threads = torch.get_num_threads(), cv2.getNumThreads()
+            initializer(*initargs)
+            try:
+                yield from map(fn, tasks)
+            finally:
+                torch.set_num_threads(threads)
+                cv2.setNumThreads(cv_threads)
+            return
+        pool = _pool(min(workers, len(tasks)), initializer, initargs, preload)
+        try:
+            yield from pool.map(fn, tasks, chunksize=chunksize)
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+@EXECUTORS.register("ray", help="Ray actors on a local or remote cluster (pip install 'bgbias[ray]')")
+class RayExecutor(Executor):
+    """Ray's multiprocessing pool; ``ray_remote_args`` go to every actor (e.g. ``{"num_gpus": 1}``)."""
+
+    def __init__(self) -> None:
         import importlib.util
 
         if importlib.util.find_spec("ray") is None:
             raise ValueError(RAY_MISSING)
+
+    def map(self, fn, tasks, *, initializer, initargs, workers, preload, chunksize, ray_remote_args):
+        from ray.util.multiprocessing import Pool as RayPool
+
+        with RayPool(processes=max(1, workers), initializer=initializer, initargs=initargs,
+                     ray_remote_args=ray_remote_args) as pool:
+            yield from pool.imap(fn, tasks, chunksize=chunksize)
+
+
+def create_executor(name: str = "local") -> Executor:
+    """The executor ``name`` (``bgbias list executors``); one sentence for an unknown name or a missing Ray."""
+    return EXECUTORS.create(name)
+
+
+def check_executor(executor: str) -> None:
+    """One clear sentence for an unknown executor or a missing Ray, before any work starts."""
+    create_executor(executor)
 
 
 def map_ordered(fn: Callable[[Any], Any], tasks: Sequence[Any], *, initializer: Callable[..., None],
                 initargs: tuple = (), workers: int = 1, executor: str = "local",
                 preload: str | None = None, chunksize: int = 1,
                 ray_remote_args: dict[str, Any] | None = None) -> Iterator[Any]:
-    """``fn(task)`` for every task, yielded in task order.
+    """``fn(task)`` for every task, yielded in task order, on the executor named ``executor``.
 
-    workers <= 1 runs in this process (its torch/OpenCV thread counts are put
-    back afterwards). Local pools use forkserver: a plain fork after OpenCV or
-    torch started threads can hang; ``preload`` names the module the server
-    imports once. ``chunksize`` tasks travel to a worker together (for many
-    small tasks). On Ctrl-C or an error, queued tasks are dropped. ``ray_remote_args`` go to every Ray
-    actor (e.g. ``{"num_gpus": 1}``: one GPU per worker).
+    workers <= 1 runs in this process; ``chunksize`` tasks travel to a worker together (for many small
+    tasks). On Ctrl-C or an error, queued tasks are dropped. ``ray_remote_args`` go to every Ray actor
+    (e.g. ``{"num_gpus": 1}``: one GPU per worker).
     """
-    check_executor(executor)
-    if executor == "ray":
-        from ray.util.multiprocessing import Pool as RayPool
-
-        with RayPool(processes=max(1, workers), initializer=initializer, initargs=initargs,
-                     ray_remote_args=ray_remote_args) as pool:
-            yield from pool.imap(fn, tasks, chunksize=chunksize)
-        return
-    if workers <= 1 or len(tasks) <= 1:
-        import cv2
-        import torch
-
-        threads, cv_threads = torch.get_num_threads(), cv2.getNumThreads()
-        initializer(*initargs)
-        try:
-            yield from map(fn, tasks)
-        finally:
-            torch.set_num_threads(threads)
-            cv2.setNumThreads(cv_threads)
-        return
-
-    pool = _pool(min(workers, len(tasks)), initializer, initargs, preload)
-    try:
-        yield from pool.map(fn, tasks, chunksize=chunksize)
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+    yield from create_executor(executor).map(fn, tasks, initializer=initializer, initargs=initargs,
+                                             workers=workers, preload=preload, chunksize=chunksize,
+                                             ray_remote_args=ray_remote_args)
 
 
 class WorkerCrashed(RuntimeError):

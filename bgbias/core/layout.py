@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from bgbias.core.io import IMAGE_EXTENSIONS
+from bgbias.core.io import IMAGE_EXTENSIONS, read_json
 
 SPLITS = ("train", "val")      # the splits a build writes, in this order
 SPLIT = "val"                  # the default split: what audits read, and what a build without --holdout writes
@@ -77,6 +77,12 @@ class Item:
     class_name: str
     id: str          # file stem, shared across variants and with the fg_mask file
     split: str = SPLIT
+
+
+def read_manifest(root: str | Path) -> dict | None:
+    """The build's ``manifest.json`` (None for a folder without one, such as the official IN-9 release)."""
+    p = Path(root) / MANIFEST
+    return read_json(p) if p.is_file() else None
 
 
 def _split_dirs(variant_dir: Path) -> list[str]:

@@ -11,37 +11,39 @@ Variants: ``original``; the foreground (all instances) pasted on a background fa
 :mod:`bgbias.synth.backgrounds` (``color:<c>``, ``mean``, ``mean_color``, ``texture:<name>[:p]``,
 ``photos:DIR``; crowd regions are not foreground, so they get the new background too);
 ``only_bg`` (every annotated box, crowds included, filled from the surrounding background by
-push-pull inpainting, :func:`bgbias.train.augment.fill_foreground`; no ground truth);
+push-pull inpainting, :func:`bgbias.detect.build_worker.remove_objects`; no ground truth);
 ``only_bg_b`` (every box blacked out; no ground truth); ``mixed_rand`` (the objects on the
 ``only_bg`` image of a partner drawn from ``(seed, id)`` among the split's other images,
 resized to cover and centre-cropped). The pixels are mixed only by :func:`bgbias.core.compose.compose`.
-A rerun skips images that exist, so a killed build resumes.
+A rerun skips images that exist, so a killed build resumes. ``workers``/``executor`` render
+chunks of images in other processes (:mod:`bgbias.detect.build_worker`); the bytes stay the same.
 """
 from __future__ import annotations
 
-import copy
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import torch
 
-from bgbias.core.compose import compose_np
+from bgbias.core.executors import check_executor, map_ordered
 from bgbias.core.executors import progress as progress_bar
-from bgbias.core.io import read_json, write_json, write_npy, write_png
+from bgbias.core.io import read_json, write_json
 from bgbias.core.layout import MANIFEST, MASK_DIR, sanitize_name
 from bgbias.core.sample import BadSample
 from bgbias.core.version import __version__
+from bgbias.detect.build_worker import image_task, init_worker, mixed_task, remove_objects
 from bgbias.detect.data import CocoDetSource, DetSample, DetSource
-from bgbias.synth.backgrounds import box_mask, resize_crop
-from bgbias.synth.variants import Variant, create_variant, plan_pairing, render_variants
-from bgbias.train.augment import fill_foreground
+from bgbias.synth.variants import Variant, create_variant, plan_pairing
 
 KIND = "bgbias-detection-build/1"
 NO_GT = ("only_bg", "only_bg_b")
 SPECIAL = ("original", "only_bg", "only_bg_b", "mixed_rand")
 REPORT000 = ("original", "color:red", "color:green", "color:blue", "color:black", "mean")
+PRELOAD = "bgbias.detect.build_worker"
+CHUNK = 16          # images per task: a few ms each, so tasks travel in chunks
+__all__ = ["DetBuildConfig", "DetVariant", "build_detection", "open_build", "remove_objects",
+           "resolve_detection_variants"]
 
 
 @dataclass(frozen=True)
@@ -84,79 +86,54 @@ def resolve_detection_variants(names: Sequence[str] | str) -> list[DetVariant]:
     return out
 
 
-def remove_objects(sample: DetSample) -> np.ndarray:
-    """uint8 HxWx3: every annotated box (crowds too) and any leftover mask pixel filled from the background."""
-    h, w = sample.size
-    region = box_mask((h, w), sample.boxes()) > 0
-    region |= (sample.mask > 0) | sample.crowd
-    if not region.any():
-        return sample.image.copy()
-    if region.all():
-        raise BadSample("boxes cover the whole image (no background to fill Only-BG from)")
-    x = torch.from_numpy(sample.image).permute(2, 0, 1)[None].float() / 255.0
-    filled = fill_foreground(x, torch.from_numpy(region)[None, None].float())[0]
-    out = filled.mul(255.0).round_().clamp_(0, 255).to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
-    return compose_np(out, sample.image, region)   # exactly the original outside the region
-
-
 def _coco_json(variant: DetVariant, split: str, images: list[dict], anns: list[dict], categories: list[dict]) -> dict:
     return {"info": {"description": f"bgbias detection build, variant {variant.name}", "variant": variant.name,
                      "split": split, "bgbias": __version__},
             "images": images, "annotations": anns if variant.has_gt else [], "categories": categories}
 
 
+def _chunks(items: list, size: int) -> list[list]:
+    return [items[k:k + size] for k in range(0, len(items), size)]
+
+
 def build_detection(source: DetSource, out: str | Path, config: DetBuildConfig = DetBuildConfig(),
-                    progress: bool = False) -> dict:
-    """Write every variant of ``source`` under ``out``; returns the manifest (also ``out/manifest.json``)."""
+                    progress: bool = False, workers: int = 1, executor: str = "local") -> dict:
+    """Write every variant of ``source`` under ``out``; returns the manifest (also ``out/manifest.json``).
+
+    ``workers`` processes (``executor`` local or ray, :mod:`bgbias.core.executors`) render chunks of
+    images; results come back in image order, so the bytes written never depend on either.
+    """
+    check_executor(executor)
     out = Path(out)
     variants = resolve_detection_variants(config.variants)
     ids, splits = source.ids(), source.splits()
     for v in variants:
         if v.paste is not None and v.paste.needs_fit:
             v.paste.background.fit(_samples(source, range(len(source)), {}))
+    state = {"source": source, "out": str(out), "variants": variants, "seed": config.seed}
     dropped: dict[str, str] = {}
     kept: list[int] = []
     info: dict[int, dict] = {}
     notes: dict[str, list[str]] = {}
     missing: dict[str, dict[str, str]] = {}
-    simple = [v for v in variants if v.name != "mixed_rand"]
-    bar = progress_bar(range(len(source)), len(source), "detection build", progress, unit="img")
-    for i in bar:
-        try:
-            s = source.load(i)
-        except BadSample as e:
-            dropped[ids[i]] = e.reason
-            continue
-        kept.append(i)
-        info[i] = {"id": s.image_id, "file_name": f"{s.id}.png", "height": s.size[0], "width": s.size[1],
-                   "annotations": [copy.deepcopy(a) for a in s.annotations]}
-        if s.notes:
-            notes[s.id] = list(s.notes)
-        mask_path = out / MASK_DIR / s.split / f"{s.id}.npy"
-        if not mask_path.exists():
-            write_npy(mask_path, s.mask.astype(np.float32))
-        todo = [v for v in simple if not (out / v.dirname / s.split / "images" / f"{s.id}.png").exists()]
-        if not todo:
-            continue
-        pasted = render_variants(s.as_sample(), [v.paste for v in todo if v.paste is not None], config.seed) \
-            if any(v.paste is not None for v in todo) else {}
-        for v in todo:
-            try:
-                if v.name == "original":
-                    img = s.image
-                elif v.name == "only_bg":
-                    img = remove_objects(s)
-                elif v.name == "only_bg_b":
-                    img = compose_np(np.zeros_like(s.image), s.image, box_mask(s.size, s.boxes()) > 0)
-                else:
-                    img = pasted[v.paste.name]
-            except BadSample as e:
-                missing.setdefault(v.name, {})[s.id] = e.reason
+    tasks = _chunks(list(range(len(source))), CHUNK)
+    results = map_ordered(image_task, tasks, initializer=init_worker, initargs=(state,), workers=workers,
+                          executor=executor, preload=PRELOAD)
+    for recs in progress_bar(results, len(tasks), "detection build", progress, unit="chunk"):
+        for r in recs:
+            i = r["index"]
+            if "dropped" in r:
+                dropped[ids[i]] = r["dropped"]
                 continue
-            write_png(out / v.dirname / s.split / "images" / f"{s.id}.png", img)
+            kept.append(i)
+            info[i] = r["info"]
+            if r["notes"]:
+                notes[r["id"]] = r["notes"]
+            for name, reason in r["missing"].items():
+                missing.setdefault(name, {})[ids[i]] = reason
     pairing: dict[str, str] = {}
     if any(v.name == "mixed_rand" for v in variants):
-        pairing, miss = _mixed_rand(source, out, kept, config.seed, progress)
+        pairing, miss = _mixed_rand(source, kept, config.seed, state, workers, executor, progress)
         missing.setdefault("mixed_rand", {}).update(miss)
     for v in variants:
         for split in sorted({splits[i] for i in kept}):
@@ -196,9 +173,9 @@ def _samples(source: DetSource, indices, dropped: dict[str, str]):
             dropped[source.ids()[i]] = e.reason
 
 
-def _mixed_rand(source: DetSource, out: Path, kept: list[int], seed: int, progress: bool
-                ) -> tuple[dict[str, str], dict[str, str]]:
-    """Objects of each image on the ``only_bg`` image of a partner from the same split."""
+def _mixed_rand(source: DetSource, kept: list[int], seed: int, state: dict, workers: int, executor: str,
+                progress: bool) -> tuple[dict[str, str], dict[str, str]]:
+    """Objects of each image on the ``only_bg`` image of a partner from the same split (plan here, pixels in workers)."""
     ids, splits = source.ids(), source.splits()
     plan, missing = {}, {}
     for split in sorted({splits[i] for i in kept}):
@@ -207,18 +184,11 @@ def _mixed_rand(source: DetSource, out: Path, kept: list[int], seed: int, progre
         plan.update(p)
         missing.update(m)
     index = {ids[i]: i for i in kept}
-    for i in progress_bar(kept, len(kept), "mixed_rand", progress, unit="img"):
-        sid = ids[i]
-        path = out / "mixed_rand" / splits[i] / "images" / f"{sid}.png"
-        if sid not in plan or path.exists():
-            continue
-        s, partner = source.load(i), source.load(index[plan[sid]])
-        try:
-            bg = resize_crop(remove_objects(partner), s.size)
-        except BadSample as e:
-            missing[sid] = f"mixed_rand: partner {partner.id}: {e.reason}"
-            continue
-        write_png(path, compose_np(s.image, bg, s.mask))
+    tasks = _chunks([(i, index[plan[ids[i]]]) for i in kept if ids[i] in plan], CHUNK)
+    results = map_ordered(mixed_task, tasks, initializer=init_worker, initargs=(state,), workers=workers,
+                          executor=executor, preload=PRELOAD)
+    for miss in progress_bar(results, len(tasks), "mixed_rand", progress, unit="chunk"):
+        missing.update(dict(miss))
     return plan, missing
 
 

@@ -19,7 +19,8 @@ def build_detection_command(args: argparse.Namespace) -> int:
         variants = ",".join(REPORT000 + ("only_bg", "mixed_rand"))
     source = create_det_source(args.source, classes=getattr(args, "classes", None), seed=args.seed)
     manifest = build_detection(source, args.out, DetBuildConfig(tuple(v for v in variants.split(",") if v.strip()),
-                                                                args.seed), progress=not args.quiet)
+                                                                args.seed), progress=not args.quiet,
+                                workers=getattr(args, "workers", 1), executor=getattr(args, "executor", "local"))
     c = manifest["counts"]
     print(f"wrote {len(manifest['variants'])} detection variants of {c['kept']} images ({c['annotations']} "
           f"annotations) to {args.out} ({c['dropped']} dropped, {c['missing_variant_images']} variant images "

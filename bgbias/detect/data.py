@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,7 @@ from bgbias.core.io import read_image
 from bgbias.core.registry import Registry, natural_key
 from bgbias.core.sample import BadSample, Box, Sample
 from bgbias.masks.methods import grabcut_from_boxes
-from bgbias.sources.base import unique_ids
+from bgbias.sources.base import IndexedSource, unique_ids
 
 DET_SOURCES: Registry = Registry("detection source", plugins=("bgbias.detect.synthetic",))
 
@@ -72,22 +72,11 @@ class DetSample:
         return Sample(self.image, self.mask, 0, self.id, self.boxes(include_crowd=False))
 
 
-class DetSource(ABC):
+class DetSource(IndexedSource):
     """Indexed detection images: cheap ``ids()``/``splits()``, one :class:`DetSample` per ``load(i)``."""
 
-    spec: str = ""
     categories: list[dict] = []
-    _ids: list[str]
     _splits: list[str]
-
-    def __init__(self) -> None:
-        self.scan_dropped: list[dict] = []
-
-    def __len__(self) -> int:
-        return len(self._ids)
-
-    def ids(self) -> list[str]:
-        return list(self._ids)
 
     def splits(self) -> list[str]:
         return list(self._splits)
@@ -96,9 +85,8 @@ class DetSource(ABC):
     def load(self, i: int) -> DetSample:
         """Decode image ``i``; raises BadSample with a reason when it cannot be used."""
 
-    def describe(self) -> dict:
-        return {"spec": self.spec, "type": type(self).__name__, "n": len(self), "categories": self.categories,
-                "scan_dropped": len(self.scan_dropped)}
+    def vocabulary(self) -> dict:
+        return {"categories": self.categories}
 
 
 def _coco_bbox(b: Any) -> list[float]:

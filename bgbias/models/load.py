@@ -24,7 +24,7 @@ from __future__ import annotations
 import importlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +35,17 @@ from bgbias.core.registry import Registry
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 IN9_MEAN, IN9_STD = (0.4717, 0.4499, 0.3837), (0.2600, 0.2516, 0.2575)
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
+
+
+def normalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """``(x - mean) / std`` per channel of a float ``[N, C, H, W]`` batch in [0, 1], on its device and dtype.
+
+    The one normalisation: audits (:class:`Preprocess`) and training (``bgbias.train.loop.normalizer``) both
+    call it, so a checkpoint's ``preprocess`` means the same numbers in both.
+    """
+    m = torch.tensor(tuple(mean), dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    s = torch.tensor(tuple(std), dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    return (x - m) / s
 
 
 @dataclass(frozen=True)
@@ -88,9 +99,7 @@ class Preprocess:
         return TF.center_crop(x, list(self.size))
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-        std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-        return (x - mean) / std
+        return normalize(x, self.mean, self.std)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """uint8 (0..255) or float (0..1) ``[N, 3, H, W]`` -> normalised float32 model input, same device."""

@@ -27,6 +27,7 @@ from bgbias.core.layout import (
     list_variant_dirs,
     safe_join,
 )
+from bgbias.core.names import seen_in_training
 from bgbias.core.registry import natural_key
 from bgbias.core.sample import BadSample
 
@@ -263,8 +264,7 @@ def seen(m: Any, variant: str, info: dict) -> bool:
     """Whether the model's training showed this variant's background family (eval's flag, else its families)."""
     if info.get("seen_in_training") is not None:
         return bool(info["seen_in_training"])
-    fams = [str(f).replace(":", "_") for f in (m.families_seen or [])]
-    return any(variant == f or variant.startswith(f + "_") for f in fams)
+    return bool(seen_in_training(variant, m.families_seen))
 
 
 def top_fooling(ch: dict, k: int = 8, per_class: int | None = None) -> list[dict]:

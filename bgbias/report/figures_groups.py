@@ -6,12 +6,52 @@ the worst eligible group is outlined.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
 
-from bgbias.report.figures import _png, mpl_text
+from bgbias.report.figures import _png, mpl_text, variant_order
+
+HEATMAPS_PER_MODEL = 2    # the page shows at most this many class x background grids per model
+
+
+@dataclass(frozen=True)
+class Heatmap:
+    """One heatmap on the page: its figure stem (``groups_1``...), the model's name and the variant key."""
+
+    stem: str
+    model: str
+    variant: str
+
+
+def heatmap_choices(inputs: Any) -> list[Heatmap]:
+    """Which (model, variant) grids the page draws: per model, in variant order, the first
+    :data:`HEATMAPS_PER_MODEL` variants whose groups cross classes with backgrounds (some class seen on two or
+    more backgrounds: a spurious ``original`` or ``mixed_rand``; not ``mixed_same``'s diagonal nor a single
+    colour). Works with any variant key form, since it only reads the keys eval.json has."""
+    out: list[Heatmap] = []
+    for m in inputs.models:
+        var = m.get("eval").get("variants") or {}
+        picked = 0
+        for v in variant_order(var):
+            per = ((var[v] or {}).get("groups") or {}).get("per_group") or {}
+            bgs: dict[str, set[str]] = {}
+            for k in per:
+                c, b = split_key(k)
+                bgs.setdefault(c, set()).add(b)
+            if picked < HEATMAPS_PER_MODEL and any(len(b) >= 2 for b in bgs.values()):
+                out.append(Heatmap(f"groups_{len(out) + 1}", m.name, v))
+                picked += 1
+    return out
+
+
+def group_figures(inputs: Any) -> dict[str, bytes]:
+    """The heatmaps of :func:`heatmap_choices` by figure stem."""
+    by_name = {m.name: m for m in inputs.models}
+    return {h.stem: group_heatmap(by_name[h.model].get("eval")["variants"][h.variant]["groups"], inputs.classes,
+                                  title=f"{h.model}: {inputs.label(h.variant)}") for h in heatmap_choices(inputs)}
 
 
 def split_key(key: str) -> tuple[str, str]:

@@ -1,16 +1,21 @@
-"""inputs: split from the former bgbias.report.write."""
+"""Read the result files a report is made of, group them by model, and key every variant by its canonical name.
+
+Results are keyed by canonical variant names (``color:red``); older files keyed by folder (``color_red``) are
+renamed on reading with the manifest's mapping (given, or the one in the data folder).
+"""
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from bgbias.core.io import read_json
-from bgbias.core.layout import MANIFEST, list_splits
+from bgbias.core.layout import MANIFEST, list_splits, read_manifest
+from bgbias.core.names import variant_names
 
 KINDS = {"bgbias-eval": "eval", "bgbias-challenge": "challenge", "bgbias-saliency": "saliency",
-         "bgbias-train": "metrics"}
+         "bgbias-train": "metrics", "bgbias-eval-detect": "detect"}
 
 
 @dataclass
@@ -46,7 +51,7 @@ class ReportInputs:
     variant_names: dict[str, str] = field(default_factory=dict)
 
     def label(self, variant: str) -> str:
-        """Results are keyed by variant folder (``texture_stripes_8``); show the variant name when known."""
+        """The variant's canonical name (``texture:stripes:8``), also for a folder name (``texture_stripes_8``)."""
         return self.variant_names.get(variant, variant)
 
 
@@ -91,7 +96,8 @@ def load_inputs(paths: Sequence[str | os.PathLike], names: Sequence[str] | None 
         elif kind == "metrics":
             metrics.append((p, doc))
         else:
-            key = str(doc.get("model", p.stem))
+            model = doc.get("model", p.stem)    # eval-detect: {"spec": ...} or {"predictions": DIR}
+            key = str(model.get("spec") or model.get("predictions") or p.stem if isinstance(model, dict) else model)
             m = models.setdefault(key, ModelResults(key))
             if kind in m.docs:
                 warnings.append(f"Two {kind} files for model {key}; using {p}, ignoring {m.paths[kind]}.")
@@ -125,9 +131,41 @@ def load_inputs(paths: Sequence[str | os.PathLike], names: Sequence[str] | None 
             if d.get("classes") and list(d["classes"]) != classes:
                 warnings.append(f"{m.paths[kind]} lists other classes than the first file; its class names may "
                                 "not line up.")
-    names_by_dir = {str(v.get("dirname", k)): str(v.get("name", k))
-                    for k, v in ((manifest or {}).get("variants") or {}).items() if isinstance(v, dict)}
+    names_by_dir = variant_names(manifest if manifest is not None else _data_manifest(data_dir))
+    for m in ordered:
+        for d in m.docs.values():
+            canonical_keys(d, names_by_dir)
     return ReportInputs(ordered, manifest, data_dir, classes, files, warnings, names_by_dir)
+
+
+def canonical_keys(doc: dict, names: Mapping[str, str]) -> dict:
+    """Rename variant folders (``color_red``) to canonical names (``color:red``) in a result, in place.
+
+    What files written before results were keyed by canonical names need: ``variants`` (eval), ``methods.*``
+    and ``overlays[].variant`` (saliency), ``skipped[].variant``. Keys that are no folder stay as they are.
+    """
+    if not names:
+        return doc
+    if isinstance(doc.get("variants"), dict):
+        doc["variants"] = {names.get(k, k): v for k, v in doc["variants"].items()}
+    methods = doc.get("methods")
+    if isinstance(methods, dict):
+        doc["methods"] = {meth: {names.get(k, k): v for k, v in per.items()} if isinstance(per, dict) else per
+                          for meth, per in methods.items()}
+    for key in ("overlays", "skipped"):
+        for row in doc.get(key) if isinstance(doc.get(key), list) else ():
+            if isinstance(row, dict) and isinstance(row.get("variant"), str):
+                row["variant"] = names.get(row["variant"], row["variant"])
+    return doc
+
+
+def _data_manifest(data_dir: Path | None) -> dict | None:
+    """The data folder's ``manifest.json`` when no manifest was given (None for the IN-9 release or a broken one)."""
+    try:
+        doc = None if data_dir is None else read_manifest(data_dir)
+    except ValueError:
+        return None
+    return doc if isinstance(doc, dict) else None
 
 
 def _find_data_dir(data: Any, manifest_path: Path | None, models: list[ModelResults]) -> Path | None:
@@ -140,7 +178,7 @@ def _find_data_dir(data: Any, manifest_path: Path | None, models: list[ModelResu
         return manifest_path.parent
     for m in models:
         for kind, d in m.docs.items():
-            if not d.get("data"):
+            if not d.get("data") or kind == "detect":   # a detection build is not a classification layout
                 continue
             for cand in (Path(str(d["data"])), m.paths[kind].parent / str(d["data"])):
                 if (cand / MANIFEST).is_file() or list_splits(cand, "original"):

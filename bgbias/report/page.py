@@ -19,14 +19,18 @@ from markupsafe import Markup
 
 from bgbias.core.layout import SIGNAL_GROUPS
 from bgbias.core.version import __version__
+from bgbias.report.detection import detection_context, detection_summary
 from bgbias.report.figures import pct, seen, top_fooling, variant_order
+from bgbias.report.figures_groups import heatmap_choices
 
 if TYPE_CHECKING:                      # only for hints: report.py imports this module
     from bgbias.report.inputs import ModelResults, ReportInputs
 
-SECTIONS = (("summary", "Summary"), ("accuracy", "Accuracy per variant"), ("examples", "Variants"),
+SECTIONS = (("summary", "Summary"), ("accuracy", "Accuracy per variant"),
+            ("groups", "Groups: class x background"),
+            ("examples", "Variants"),
             ("fooling", "Fooling backgrounds"), ("saliency", "Saliency"), ("signal-groups", "Signal groups"),
-            ("training", "Training setup"), ("inputs", "Inputs"))
+            ("detection", "Detection"), ("training", "Training setup"), ("inputs", "Inputs"))
 
 
 # --- words ------------------------------------------------------------------------------------------------------
@@ -35,6 +39,8 @@ SECTIONS = (("summary", "Summary"), ("accuracy", "Accuracy per variant"), ("exam
 def summary_segments(m: ModelResults) -> list[tuple[str, bool]]:
     """The model's one-sentence summary as (text, emphasised) pieces, shared by HTML and the terminal."""
     ev, ch = m.get("eval"), m.get("challenge")
+    if m.get("detect") and not ev and not ch:      # a detector: its own sentence (bgbias.report.detection)
+        return [(m.name, True), (detection_summary(m)[len(m.name):], False)]
     seg: list[tuple[str, bool]] = [(m.name, True), (": ", False)]
     gap = ev.get("bg_gap")
     var = ev.get("variants", {})
@@ -157,15 +163,76 @@ def _fooling(inputs: ReportInputs) -> list:
             for m in chs for r in top_fooling(m.get("challenge"), 5, per_class=1)]
 
 
-def _saliency(inputs: ReportInputs) -> list:
+def _groups(inputs: ReportInputs) -> dict | None:
+    """One row per (model, variant) with groups: accuracy beside worst-group accuracy (intervals), the worst
+    group's name, mean and training-weighted group accuracy; plus the heatmaps drawn for the page."""
     rows = []
     for m in inputs.models:
-        for meth, per in (m.get("saliency").get("methods") or {}).items():
+        var = m.get("eval").get("variants") or {}
+        for v in variant_order(var):
+            info = var[v] or {}
+            g = info.get("groups") or {}
+            if not g.get("per_group"):
+                continue
+            worst = g.get("worst_group")
+            n_worst = ((g.get("per_group") or {}).get(worst) or {}).get("n", "") if worst else ""
+            rows.append([m.name, _code(inputs.label(v)), _acc_cell(info, False),
+                         _acc_cell({"accuracy": g.get("worst_group_accuracy"), "ci95": g.get("ci95"),
+                                    "too_small": g.get("too_small")}, False),
+                         _code(worst) if worst else Markup("none eligible"), n_worst,
+                         _rate_cell(g.get("mean_group_accuracy")), _rate_cell(g.get("weighted_accuracy")),
+                         Markup("{} of {}").format(g.get("eligible", ""), g.get("n_groups", "")),
+                         g.get("min_count", "")])
+    if not rows:
+        return None
+    return {"head": ["model", "variant", "accuracy", "worst-group accuracy", "worst group", "its images",
+                     "mean group", "weighted (training)", "eligible groups", "min images"],
+            "rows": rows, "num": (2, 3, 5, 6, 7, 8, 9),
+            "heatmaps": [(h.stem, h.model, inputs.label(h.variant)) for h in heatmap_choices(inputs)]}
+
+
+LOCALISATION = (("fg_share", "relevance mass"), ("relevance_rank_accuracy", "rank accuracy"),
+                ("pointing_game", "pointing game"), ("iou_top", "top-k IoU"))
+
+
+def _metric_cell(r: dict, key: str) -> Markup:
+    """Mean with its 95% interval and, in grey, the level a map that looks everywhere alike would reach."""
+    if r.get(key) is None:
+        return Markup("&ndash;")
+    ci = (r.get("ci95") or {}).get(key) or [None, None]
+    out = Markup("{:.1f}").format(100 * float(r[key]))
+    if len(ci) >= 2 and ci[0] is not None:
+        out += Markup(' <span class="ci">[{:.1f}, {:.1f}]</span>').format(100 * ci[0], 100 * ci[1])
+    chance = (r.get("chance") or {}).get(key, r.get("fg_area") if key == "fg_share" else None)
+    if chance is not None:
+        out += Markup(' <span class="ci">chance {:.1f}</span>').format(100 * float(chance))
+    return out
+
+
+def _saliency(inputs: ReportInputs) -> dict | None:
+    """Localisation metrics (Quantus' definitions) per model, method and variant, and per class where present."""
+    rows, per_class, top = [], [], set()
+    for m in inputs.models:
+        sal = m.get("saliency")
+        if sal.get("methods"):
+            top.add((sal.get("config") or {}).get("top_percent", 20))
+        for meth, per in (sal.get("methods") or {}).items():
             for v in variant_order(per):
-                r = per[v]
-                rows.append([m.name, meth, _code(inputs.label(v)), pct(r.get("fg_share"), 1), pct(r.get("fg_area"), 1),
-                             r.get("n", "")])
-    return rows
+                r = per[v] or {}
+                rows.append([m.name, meth, _code(inputs.label(v))] + [_metric_cell(r, k) for k, _ in LOCALISATION]
+                            + [r.get("n", "")])
+                pcm = r.get("per_class_metrics") or {}
+                for c in [c for c in inputs.classes if c in pcm] + sorted(set(pcm) - set(inputs.classes)):
+                    pc = pcm[c]
+                    per_class.append([m.name, meth, _code(inputs.label(v)), c]
+                                     + [_rate_cell(pc.get(k)) for k, _ in LOCALISATION] + [pc.get("n", "")])
+    if not rows:
+        return None
+    top_text = "/".join(f"{t:g}" for t in sorted(top)) if top else "20"
+    names = [n if k != "iou_top" else f"top-{top_text}% IoU" for k, n in LOCALISATION]
+    return {"head": ["model", "method", "variant"] + names + ["images"], "rows": rows, "num": (3, 4, 5, 6, 7),
+            "class_head": ["model", "method", "variant", "class"] + names + ["images"], "per_class": per_class,
+            "class_num": (4, 5, 6, 7, 8), "top": top_text}
 
 
 def _signal_groups(inputs: ReportInputs) -> list:
@@ -212,8 +279,9 @@ def render_page(inputs: ReportInputs, results: dict, figs: dict[str, bytes]) -> 
         "css": _environment().loader.get_source(_environment(), "style.css")[0],
         "summary": [summary_segments(m) for m in inputs.models],
         "any_reference": bool(accuracy and accuracy["any_reference"]),
-        "accuracy": accuracy, "data_dir": str(inputs.data_dir) if inputs.data_dir else "",
+        "accuracy": accuracy, "groups": _groups(inputs), "data_dir": str(inputs.data_dir) if inputs.data_dir else "",
         "fooling": _fooling(inputs), "saliency": _saliency(inputs), "signal_groups": _signal_groups(inputs),
+        "detection": detection_context(inputs),
         "signal_group_names": list(SIGNAL_GROUPS), "training": _training(inputs), "inputs": _inputs(inputs, results),
     }
     return _environment().get_template("page.html.j2").render(context) + "\n"

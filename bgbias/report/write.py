@@ -16,9 +16,11 @@ from typing import Sequence
 
 from bgbias.core.io import atomic_write_bytes, write_json
 from bgbias.core.version import __version__
+from bgbias.report.detection import detection_figures, detection_results
 from bgbias.report.figures import make_figures, seen, top_fooling
+from bgbias.report.figures_groups import group_figures
 from bgbias.report.inputs import ReportInputs, load_inputs
-from bgbias.report.page import render_page, summary_text
+from bgbias.report.page import LOCALISATION, render_page, summary_text
 
 
 def build_results(inputs: ReportInputs, title: str, extra: dict | None = None) -> dict:
@@ -30,7 +32,8 @@ def build_results(inputs: ReportInputs, title: str, extra: dict | None = None) -
             "name": m.name, "model": m.key, "recipe": m.recipe, "arch": met.get("arch"),
             "families_seen": m.families_seen, "summary": summary_text(m),
             "variants": {v: {"name": inputs.label(v), "accuracy": i.get("accuracy"), "ci95": i.get("ci95"), "n": i.get("n"),
-                             "seen_in_training": seen(m, v, i)} for v, i in ev.get("variants", {}).items()},
+                             "seen_in_training": seen(m, v, i), **_group_summary(i.get("groups"))}
+                         for v, i in ev.get("variants", {}).items()},
             "bg_gap": ev.get("bg_gap"),
             "challenge": None if not ch else {k: ch.get(k) for k in (
                 "challenge_accuracy", "clean_accuracy", "exhaustive", "n_foregrounds", "n_backgrounds",
@@ -38,6 +41,8 @@ def build_results(inputs: ReportInputs, title: str, extra: dict | None = None) -
             "top_fooling": top_fooling(ch),
             "fg_share": {meth: {v: r.get("fg_share") for v, r in per.items()}
                          for meth, per in (sal.get("methods") or {}).items()},
+            "localisation": {meth: {v: {k: r.get(k) for k, _ in LOCALISATION} for v, r in per.items()}
+                             for meth, per in (sal.get("methods") or {}).items()},
             "signal_groups": (ev.get("signal_groups") or {}).get("counts"),
             "final": met.get("final"),
             "files": {k: str(p) for k, p in m.paths.items()},
@@ -50,6 +55,14 @@ def build_results(inputs: ReportInputs, title: str, extra: dict | None = None) -
     return out
 
 
+def _group_summary(groups: dict | None) -> dict:
+    """The worst group of a variant for ``results.json`` (nothing when eval.json has no groups)."""
+    if not groups or not groups.get("per_group"):
+        return {}
+    return {k: groups.get(k) for k in ("worst_group", "worst_group_accuracy", "mean_group_accuracy",
+                                       "weighted_accuracy")} | {"worst_group_ci95": groups.get("ci95")}
+
+
 def write_report(paths: Sequence[str | os.PathLike], out: str | os.PathLike = "report.html", *,
                  results_path: str | os.PathLike | None = None, figures_dir: str | os.PathLike | None = None,
                  names: Sequence[str] | None = None, data: str | os.PathLike | None = None,
@@ -60,7 +73,9 @@ def write_report(paths: Sequence[str | os.PathLike], out: str | os.PathLike = "r
         raise ValueError(f"Report path {out} should end in .html or .htm.")
     inputs = load_inputs(paths, names=names, data=data)
     figs = make_figures(inputs)
-    results = build_results(inputs, title, extra)
+    figs.update(group_figures(inputs))
+    figs.update(detection_figures(inputs))
+    results = build_results(inputs, title, {"detection": detection_results(inputs), **(extra or {})})
     atomic_write_bytes(out, render_page(inputs, results, figs).encode("utf-8"))
     write_json(Path(results_path) if results_path else out.with_name("results.json"), results)
     if figures_dir is not None:

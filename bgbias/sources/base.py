@@ -23,13 +23,16 @@ SOURCES: Registry = Registry("source", plugins=("bgbias.sources.readers", "bgbia
                                                 "bgbias.sources.coco"))
 
 
-class Source(ABC):
-    """Base class: indexed labelled images. Subclasses set ``spec``, ``classes``, ``_ids``, ``_labels``."""
+class IndexedSource(ABC):
+    """What every source shares: a cheap index of ids (no decoding), one item per ``load(i)``, named skips.
+
+    :class:`Source` (labelled images) and the detection sources (``bgbias.detect.data.DetSource``, images
+    with every box) build on it. Subclasses set ``spec`` and ``_ids``; ``vocabulary()`` says what their
+    labels name (``classes`` or ``categories``) for ``describe()``.
+    """
 
     spec: str = ""
-    classes: list[str] = []
     _ids: list[str]
-    _labels: list[int]
 
     def __init__(self) -> None:
         self.scan_dropped: list[dict] = []
@@ -40,6 +43,29 @@ class Source(ABC):
     def ids(self) -> list[str]:
         """Stable, unique, filesystem-safe ids (cheap: no decoding)."""
         return list(self._ids)
+
+    @abstractmethod
+    def load(self, i: int):
+        """Decode item ``i``; raises BadSample with a reason for a file that cannot be used."""
+
+    def vocabulary(self) -> dict:
+        """What the labels name, for ``describe()`` (``{"classes": [...]}`` or ``{"categories": [...]}``)."""
+        return {}
+
+    def describe(self) -> dict:
+        """JSON-able summary for manifests."""
+        return {"spec": self.spec, "type": type(self).__name__, "n": len(self), **self.vocabulary(),
+                "scan_dropped": len(self.scan_dropped)}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.spec!r}, n={len(self)})"
+
+
+class Source(IndexedSource):
+    """Indexed labelled images. Subclasses set ``spec``, ``classes``, ``_ids``, ``_labels``."""
+
+    classes: list[str] = []
+    _labels: list[int]
 
     def labels(self) -> list[int]:
         """Class index per sample (cheap: no decoding)."""
@@ -57,13 +83,8 @@ class Source(ABC):
     def load(self, i: int) -> Sample:
         """Decode sample ``i``; raises BadSample with a reason for a file that cannot be used."""
 
-    def describe(self) -> dict:
-        """JSON-able summary for manifests."""
-        return {"spec": self.spec, "type": type(self).__name__, "n": len(self), "classes": list(self.classes),
-                "scan_dropped": len(self.scan_dropped)}
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.spec!r}, n={len(self)})"
+    def vocabulary(self) -> dict:
+        return {"classes": list(self.classes)}
 
 
 def unique_ids(raw: Iterable[str]) -> list[str]:

@@ -5,8 +5,10 @@
     bank,photos:DIR=0.5                 the bank plus user photos
 
 A spec is a comma-separated list of ``FAMILY[=WEIGHT]``; a group's weight is shared equally by its
-members. Groups: ``bank``; ``texture`` / ``texture:*`` (every texture with random parameters,
-``texture:NAME:*``); ``noise`` (``noise:smooth``, ``noise:fractal``, ``noise:pixel``); ``gradient``
+members. Groups: ``bank``; ``texture`` = ``texture:*`` (every texture kind with random parameters:
+``texture:NAME:*`` for each NAME; a bare ``texture`` means this in every training spec, ``BackgroundSwap`` and
+``create_background``, while a *build variant* named ``texture`` is ``texture:stripes``; ``texture:*:PARAM`` is an
+error, a parameter needs one kind); ``noise`` (``noise:smooth``, ``noise:fractal``, ``noise:pixel``); ``gradient``
 (``gradient:linear``, ``gradient:radial``). Leaves are any background family
 (``color:random``, ``color:red``, ``texture:stripes:8``, ``mean``, ``photos:DIR``) or, in
 :class:`~bgbias.train.augment.BackgroundSwap`, another image's background (``other_sample``,
@@ -169,6 +171,9 @@ def _expand(name: str) -> list[str]:
         return [leaf for g in DEFAULT_BANK for leaf in _expand(g)]
     if name in ("texture", "texture:*"):
         return [f"texture:{t}:*" for t in TEXTURES.names()]
+    if name.startswith("texture:*:"):
+        raise ValueError(f"Family {name!r} is ambiguous: a texture parameter needs one kind (texture:NAME:PARAM, "
+                         f"e.g. texture:stripes:8); texture or texture:* is every kind with random parameters.")
     if name == "noise":
         return [f"noise:{k}" for k in NOISES]
     if name == "gradient":

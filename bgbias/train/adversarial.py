@@ -24,8 +24,11 @@ not merely learn to ignore the generator's current favourite pattern):
 - ``--adv-bank`` of each batch gets a background from the bank (``--families``, default ``bank``:
   :mod:`bgbias.synth.bank`) instead of the generator: the generator finds what fools f *now*, the bank
   covers the space of plausible backgrounds it would never reach (issue 15: this is what generalises);
-- the generator takes its step every ``--gen-every`` batches (it adapts slowly anyway), which keeps
-  the cost per epoch near the baseline's.
+- the generator takes its step every ``--gen-every`` batches (it adapts slowly anyway), on the batch's
+  generator rows only, and f trains on that step's own output (detached): no second generator pass, no
+  backgrounds generated for rows that end up clean, replayed or from the bank. Between steps the generator
+  rows are replayed. This is what keeps stage 3 near the baseline's cost per epoch (issue 15: it was 3.2x
+  with a full-batch step plus a full-batch no-grad pass).
 """
 from __future__ import annotations
 
@@ -200,49 +203,70 @@ class AdversarialBackgrounds:
                 raise ValueError(f"--adv-bank needs background families besides partners, got {cfg.families!r}.")
             self.bank = create_mixture(",".join(f"{k}={v}" for k, v in leaves.items()))
 
+    def __call__(self, x: torch.Tensor, m: torch.Tensor, y: torch.Tensor, g: torch.Generator,
+                 model: nn.Module) -> torch.Tensor:
+        """The classifier's batch. Each row is clean, a bank background or a generator row; generator rows
+        are fresh (the generator step's own output, so no second generator pass) or replayed.
+
+        Only generator rows are generated, only bank rows rendered: the cost per batch is one generator
+        step on about ``(1 - clean_fraction) * (1 - adv_bank) * 2/3`` of the rows every ``gen_every`` batches.
+        """
+        cfg, n, dev = self.cfg, x.shape[0], x.device
+        self.calls += 1
+        gen_step = (self.calls - 1) % max(1, int(getattr(cfg, "gen_every", 1))) == 0
+        keep = torch.rand(n, generator=g) < cfg.clean_fraction
+        share = float(cfg.adv_bank) if self.bank is not None else 0.0
+        use_bank = ~keep & (torch.rand(n, generator=g) < share)
+        gen_rows = ~keep & ~use_bank
+        replayed = gen_rows & ((torch.rand(n, generator=g) < 1 / 3) | (not gen_step)) if self.filled else \
+            torch.zeros(n, dtype=torch.bool)
+        fresh = gen_rows & ~replayed
+        b = torch.zeros(n, 3, *x.shape[-2:], device=dev)
+        if fresh.any():
+            rows = fresh.nonzero().flatten().to(dev)
+            if gen_step:
+                new = self._generator_step(x[rows], m[rows], y[rows], g, model)
+            else:
+                with torch.no_grad():
+                    new = self._generate(len(rows), g)
+            b[rows] = new
+            self._remember(new)
+        if replayed.any():
+            rows = replayed.nonzero().flatten()
+            pick = torch.randint(self.filled, (len(rows),), generator=g)
+            b[rows.to(dev)] = self.replay[pick].to(dev).float() / 255.0
+        with torch.no_grad():
+            b = _jitter(b, g)
+            if use_bank.any():
+                rows = use_bank.nonzero().flatten()
+                b[rows.to(dev)] = self.bank.render(len(rows), tuple(x.shape[-2:]), g, dev)
+            return torch.where(keep.to(dev).view(n, 1, 1, 1), x, compose(x, b, m))
+
     def _generate(self, n: int, g: torch.Generator) -> torch.Tensor:
         z = torch.randn(n, self.gen.z_dim, generator=g).to(self.device)
         return self.gen(z, g)
 
-    def __call__(self, x: torch.Tensor, m: torch.Tensor, y: torch.Tensor, g: torch.Generator,
-                 model: nn.Module) -> torch.Tensor:
-        cfg, n = self.cfg, x.shape[0]
-        self.calls += 1
-        if (self.calls - 1) % max(1, int(getattr(cfg, "gen_every", 1))) == 0:
-            self._generator_step(x, m, y, g, model)
-        # classifier batch: fresh generator output, replayed backgrounds, bank backgrounds and clean rows
-        with torch.no_grad():
-            b = self._generate(n, g)
-            self._remember(b)
-            if self.filled:
-                use_replay = torch.rand(n, generator=g) < 1 / 3
-                pick = torch.randint(self.filled, (n,), generator=g)
-                old = self.replay[pick].to(self.device).float() / 255.0
-                b = torch.where(use_replay.to(self.device).view(n, 1, 1, 1), old, b)
-            b = _jitter(b, g)
-            if self.bank is not None:
-                use_bank = (torch.rand(n, generator=g) < float(cfg.adv_bank)).to(self.device).view(n, 1, 1, 1)
-                b = torch.where(use_bank, self.bank.render(n, tuple(x.shape[-2:]), g, self.device), b)
-            keep = (torch.rand(n, generator=g) < cfg.clean_fraction).to(self.device).view(n, 1, 1, 1)
-            return torch.where(keep, x, compose(x, b, m))
-
     def _generator_step(self, x: torch.Tensor, m: torch.Tensor, y: torch.Tensor, g: torch.Generator,
-                        model: nn.Module) -> None:
-        """One step of f_g to maximise f's loss (f frozen, BN in eval mode so the step has no side effects)."""
-        cfg, n = self.cfg, x.shape[0]
+                        model: nn.Module) -> torch.Tensor:
+        """One step of f_g to maximise f's loss (f frozen, BN in eval mode so the step has no side effects);
+        returns the backgrounds it made (detached, before the update): the classifier trains on them."""
+        cfg = self.cfg
         model.eval()
         for p in model.parameters():
             p.requires_grad_(False)
         self.gen.train()
-        b = self._generate(n, g)
-        loss = -F.cross_entropy(model(self.norm(compose(x, b, m))), y)
-        if cfg.brightness is not None:
-            loss = loss + F.relu(b.mean() - cfg.brightness) * 10.0
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt.step()
-        for p in model.parameters():
-            p.requires_grad_(True)
+        try:
+            b = self._generate(x.shape[0], g)
+            loss = -F.cross_entropy(model(self.norm(compose(x, b, m))), y)
+            if cfg.brightness is not None:
+                loss = loss + F.relu(b.mean() - cfg.brightness) * 10.0
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.opt.step()
+        finally:
+            for p in model.parameters():
+                p.requires_grad_(True)
+        return b.detach()
 
     def _remember(self, b: torch.Tensor) -> None:
         """Ring buffer of past backgrounds (uint8 on the CPU)."""

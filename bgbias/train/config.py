@@ -47,14 +47,14 @@ class TrainConfig:
     clean_fraction: float = 0.2                  # adversarial: share of each batch left clean
     replay: int = 2048                           # adversarial: past generated backgrounds kept for replay
     adv_bank: float = 0.5                        # adversarial: share of backgrounds drawn from --families' bank
-    gen_every: int = 2                           # adversarial: generator step every N batches
+    gen_every: int = 2                           # adversarial: generator step (on the generator rows) every N batches
     resume: bool = False                         # continue from OUT/last.pt (config must match)
     # group-robustness baselines (bgbias.train.group_recipes); group labels come from the build's manifest
     dro_eta: float = 0.01                        # group_dro: step size of the online group weights q
     dro_weight_decay: float = 0.1                # group_dro: the strong L2 the paper needs (plus early stopping)
     jtt_epochs: int = 1                          # jtt: epochs of the identification model
-    jtt_up: int = 6                              # jtt: lambda_up, each error appears this many times
-    dfr_epochs: int = 10                         # dfr: epochs retraining the last layer on the balanced held-out rows
+    jtt_up: int = 20                             # jtt: lambda_up, each error repeated this often (paper: 50-100, images)
+    dfr_epochs: int = 1                          # dfr: epochs scoring the refitted last layer (the fit is convex)
 
     def validate(self) -> "TrainConfig":
         if self.recipe not in RECIPES:

@@ -80,7 +80,8 @@ def load_data(data: str, variant: str = "original", size: tuple[int, int] | None
         ids.append(sid)
 
     if is_build_dir(data):
-        from bgbias.audit.groups import read_manifest, training_groups
+        from bgbias.audit.groups import training_groups
+        from bgbias.core.layout import read_manifest
         from bgbias.core.layout import find_mask, list_classes, list_items
 
         groups_by_id = training_groups(read_manifest(data), variant)

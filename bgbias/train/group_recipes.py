@@ -3,13 +3,15 @@
 Group labels (``"<class>|<background>"`` per sample) come from the build's manifest
 (:attr:`TrainData.groups`: the spurious family, or the background's class for mixed variants).
 
-- ``group_dro`` (Sagawa et al. 2020): online weights ``q_g <- q_g exp(eta L_g)``, loss ``sum_g q_g L_g``,
+- ``group_dro`` (Sagawa et al. 2020): batches drawn group-balanced (their Algorithm 1 samples the group first),
+  online weights ``q_g <- q_g exp(eta L_g)``, loss ``sum_g q_g L_g``,
   with the strong L2 (``--dro-weight-decay``) and early stopping on validation worst-group accuracy the
   paper finds it needs;
 - ``jtt`` (Liu et al. 2021): train an identification model for ``--jtt-epochs``, take its training errors,
   retrain from the same initialisation with each error repeated ``--jtt-up`` times;
-- ``dfr`` (Kirichenko et al. 2023): ERM, then retrain only the last layer (fresh) on a group-balanced
-  subsample of the held-out rows, with the rest of the network frozen (BatchNorm statistics included);
+- ``dfr`` (Kirichenko et al. 2023): ERM, then the last layer refitted as the paper does: L1 logistic regression on
+  the standardised embeddings of the held-out rows (C picked on two halves), averaged over random group-balanced
+  subsets, with the rest of the network frozen (BatchNorm statistics included);
 - ``reweight``: each sample's loss weighted by 1 / its group's training count;
 - ``subsample``: every group cut down to the smallest group's training count (SUBG), passed over
   repeatedly so that an epoch has as many steps as ERM's.
@@ -51,6 +53,24 @@ def balanced_rows(rows: torch.Tensor, gid: torch.Tensor, seed: int, *tag: Any) -
     return torch.cat(keep).sort().values
 
 
+def group_balanced_rows(rows: torch.Tensor, gid: torch.Tensor, total: int, seed: int, *tag: Any) -> torch.Tensor:
+    """``total`` rows with every group present in ``rows`` equally often (sizes differ by at most one): each group's
+    members in a seeded order, cycled when the group is small, cut when it is large; sorted.
+
+    Sagawa et al.'s Algorithm 1 samples a group uniformly, then a sample of it; with the training mix a group of 2
+    images in 1600 is in one batch of 30 and its weight ``q_g`` barely moves (issue 16).
+    """
+    g = gid[rows]
+    present = torch.unique(g).tolist()
+    share, extra = divmod(int(total), len(present))
+    keep = []
+    for j, k in enumerate(present):
+        mine = rows[g == k]
+        mine = mine[torch.randperm(len(mine), generator=torch_generator(seed, "group_balance", k, *tag))]
+        keep.append(mine.repeat(-(-(share + (j < extra)) // len(mine)))[:share + (j < extra)])
+    return torch.cat(keep).sort().values
+
+
 # ------------------------------------------------------------------------------------------- group DRO
 class GroupDROLoss:
     """Online group DRO (Sagawa et al., Algorithm 1): exponentiated-gradient weights over groups."""
@@ -80,9 +100,11 @@ class GroupDROLoss:
 def _group_dro() -> Recipe:
     def hooks(phase, cfg, data, model, ctx):
         gid, names = group_index(cfg, data)
-        return PhaseHooks(loss=GroupDROLoss(gid, len(names), cfg.dro_eta), keep_best=True,
+        # Algorithm 1 draws groups uniformly: batches from a group-balanced resample, as many rows as ERM's epoch
+        rows = group_balanced_rows(ctx["train_rows"], gid, len(ctx["train_rows"]), cfg.seed, "group_dro")
+        return PhaseHooks(rows=rows, loss=GroupDROLoss(gid, len(names), cfg.dro_eta), keep_best=True,
                           optim={"weight_decay": max(cfg.weight_decay, cfg.dro_weight_decay)},
-                          info={"groups": len(names)})
+                          info={"groups": len(names), "rows": len(rows)})
 
     return Recipe(hooks=hooks)
 
@@ -113,7 +135,15 @@ def _jtt() -> Recipe:
             n_err = len(err)
             rows = torch.cat([ctx["train_rows"]] + [err] * (cfg.jtt_up - 1)).sort().values
             model.load_state_dict(ctx["init_state"]())      # retrain from the same initialisation
-        return PhaseHooks(rows=rows, info={"errors": n_err, "rows": len(rows)})
+        info = {"errors": n_err, "rows": len(rows)}
+        if data.groups:   # how well the error set finds the small groups (the paper's premise), for the record
+            gid, _ = group_index(cfg, data)
+            counts = torch.bincount(gid[ctx["train_rows"]])
+            small = counts[gid] < len(ctx["train_rows"]) / int((counts > 0).sum())   # below the mean group size
+            err_rows = torch.unique(rows)[torch.bincount(rows)[torch.unique(rows)] > 1] if cfg.jtt_up > 1 else rows[:0]
+            info.update(small_group_rows=int(small[ctx["train_rows"]].sum()),
+                        errors_in_small_groups=int(small[err_rows].sum()))
+        return PhaseHooks(rows=rows, info=info)
 
     return Recipe(phases=lambda cfg: [("identify", cfg.jtt_epochs), ("upweighted", cfg.epochs)], hooks=hooks)
 
@@ -127,6 +157,80 @@ def last_linear(model: nn.Module) -> nn.Linear:
     return heads[-1]
 
 
+DFR_C = (1.0, 0.7, 0.3, 0.1, 0.07, 0.03, 0.01)   # the paper's grid of inverse L1 strengths (sklearn's C)
+DFR_SUBSETS = 10                                  # random group-balanced subsets whose fits are averaged
+
+
+@torch.no_grad()
+def penultimate(model: nn.Module, head: nn.Linear, data: TrainData, ctx: dict) -> torch.Tensor:
+    """The head's inputs (the frozen embeddings) for every row of ``data``, eval mode, float64 ``[N, D]``."""
+    feats: list[torch.Tensor] = []
+    hook = head.register_forward_hook(lambda m, inp, out: feats.append(inp[0].detach().cpu()))
+    try:
+        model.eval()
+        for i in range(0, len(data.labels), 256):
+            model(ctx["norm"](data.images[i:i + 256].to(ctx["device"]).float() / 255.0))
+    finally:
+        hook.remove()
+    return torch.cat(feats).double()
+
+
+def l1_logistic(x: torch.Tensor, y: torch.Tensor, n_classes: int, c: float,
+                iters: int = 500) -> tuple[torch.Tensor, torch.Tensor]:
+    """Multinomial logistic regression with an L1 penalty, sklearn's objective ``||W||_1 + C sum_i CE_i`` (bias
+    unpenalised), by FISTA (proximal gradient, deterministic): ``(W [D, K], b [K])``."""
+    n, d = x.shape
+    lam = 1.0 / (float(c) * n)                                    # the objective divided by C n
+    lip = 0.5 * float(torch.linalg.matrix_norm(torch.cat([x, torch.ones(n, 1, dtype=x.dtype)], 1), 2)) ** 2 / n
+    step = 1.0 / max(lip, 1e-12)
+    w = torch.zeros(d, n_classes, dtype=x.dtype)
+    b = torch.zeros(n_classes, dtype=x.dtype)
+    zw, zb, t = w, b, 1.0
+    onehot = F.one_hot(y, n_classes).to(x.dtype)
+    for _ in range(iters):
+        r = (torch.softmax(x @ zw + zb, 1) - onehot) / n
+        u = zw - step * (x.T @ r)
+        w_new = u.sign() * (u.abs() - step * lam).clamp_min(0)   # soft threshold: the L1 proximal step
+        b_new = zb - step * r.sum(0)
+        t_new = (1 + (1 + 4 * t * t) ** 0.5) / 2
+        zw = w_new + (t - 1) / t_new * (w_new - w)
+        zb = b_new + (t - 1) / t_new * (b_new - b)
+        w, b, t = w_new, b_new, t_new
+    return w, b
+
+
+def dfr_fit(x: torch.Tensor, y: torch.Tensor, gid: torch.Tensor, n_classes: int, seed: int,
+            subsets: int = DFR_SUBSETS) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+    """DFR^Val (Kirichenko et al.): standardise the held-out embeddings, pick C on two halves (fit on group-balanced
+    subsets of one, worst-group accuracy on the other, ties by mean group accuracy), then average the L1 logistic
+    fits over ``subsets`` random group-balanced subsets of all held-out rows. Returns the head's ``weight [K, D]``
+    and ``bias [K]`` on the *raw* embeddings (the standardisation folded in) and what was chosen."""
+    mu, sd = x.mean(0), x.std(0)
+    sd = torch.where(sd > 1e-8, sd, torch.ones_like(sd))          # a dead feature stays 0
+    z = (x - mu) / sd
+    n = len(y)
+    perm = torch.randperm(n, generator=torch_generator(seed, "dfr", "halves"))
+    half_a, half_b = perm[: n // 2].sort().values, perm[n // 2:].sort().values
+
+    def averaged(rows: torch.Tensor, c: float, k: int, tag: str) -> tuple[torch.Tensor, torch.Tensor]:
+        fits = [l1_logistic(z[r], y[r], n_classes, c) for r in (balanced_rows(rows, gid, seed, "dfr", tag, s)
+                                                                  for s in range(k))]
+        return torch.stack([w for w, _ in fits]).mean(0), torch.stack([b for _, b in fits]).mean(0)
+
+    def score(w: torch.Tensor, b: torch.Tensor, rows: torch.Tensor) -> tuple[float, float]:
+        right = ((z[rows] @ w + b).argmax(1) == y[rows]).double()
+        acc = [float(right[gid[rows] == k].mean()) for k in torch.unique(gid[rows])]
+        return min(acc), sum(acc) / len(acc)
+
+    scores = {c: score(*averaged(half_a, c, max(1, subsets // 2), "tune"), half_b) for c in DFR_C}
+    best = max(DFR_C, key=lambda c: (scores[c], c))                # ties: the weaker penalty
+    w, b = averaged(torch.arange(n), best, subsets, "final")
+    weight, bias = (w / sd[:, None]).T, b - (mu / sd) @ w
+    info = {"c": best, "tune_worst_group": scores[best][0], "nonzero": float((w != 0).double().mean()),
+            "subsets": subsets, "rows": len(balanced_rows(torch.arange(n), gid, seed, "dfr", "final", 0))}
+    return weight, bias, info
+
+
 @RECIPES.register("dfr", help="DFR (Kirichenko et al.): retrain the last layer on a group-balanced held-out split")
 def _dfr() -> Recipe:
     def hooks(phase, cfg, data, model, ctx):
@@ -138,16 +242,17 @@ def _dfr() -> Recipe:
                              "(or a build with a val split).")
         saved = ctx.get("phase_state")
         head = last_linear(model)
-        if saved is not None:
-            rows = saved["rows"]
+        gid, _ = group_index(cfg, val)
+        if saved is not None:                    # resuming inside the phase: the fitted head is in last.pt
+            rows, info = saved["rows"], dict(saved["info"])
         else:
-            gid, _ = group_index(cfg, val)
-            rows = balanced_rows(torch.arange(len(val.labels)), gid, cfg.seed, "dfr")
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(cfg.seed)
-                head.reset_parameters()
-            # fitted to convergence as in the paper: an epoch has as many steps as an ERM epoch (rows repeated)
-            rows = rows.repeat(max(1, len(ctx["train_rows"]) // max(len(rows), 1)))
+            x = penultimate(model, head, val, ctx)
+            weight, bias, info = dfr_fit(x, val.labels, gid, len(data.classes), cfg.seed)
+            with torch.no_grad():
+                head.weight.copy_(weight.to(head.weight))
+                head.bias.copy_(bias.to(head.bias))
+            rows = balanced_rows(torch.arange(len(val.labels)), gid, cfg.seed, "dfr", "final", 0)
+            info["held_out"] = len(val.labels)
         for p in model.parameters():
             p.requires_grad_(False)
         for p in head.parameters():
@@ -156,8 +261,10 @@ def _dfr() -> Recipe:
         def train_mode(m: nn.Module) -> None:
             m.eval()                              # frozen features: BatchNorm keeps its ERM statistics
 
-        return PhaseHooks(rows=rows, data=val, train_mode=train_mode,
-                          info={"rows": len(torch.unique(rows)), "held_out": len(val.labels), "steps_rows": len(rows)})
+        # the head is fitted above; the loop's --dfr-epochs over the balanced rows run at learning rate 0 and only
+        # score it (validation accuracies, checkpoints)
+        return PhaseHooks(rows=rows, data=val, train_mode=train_mode, optim={"lr": 0.0, "weight_decay": 0.0},
+                          info=info)
 
     return Recipe(phases=lambda cfg: [("erm", cfg.epochs), ("last_layer", cfg.dfr_epochs)], hooks=hooks)
 

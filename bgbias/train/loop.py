@@ -33,7 +33,7 @@ from bgbias.core.record import build_record
 from bgbias.core.seeding import derive_seed, torch_generator
 from bgbias.models.checkpoint import load_checkpoint, load_state_dict_file, save_checkpoint
 from bgbias.models.nets import ARCHS, create_arch
-from bgbias.models.load import IMAGENET_MEAN, IMAGENET_STD
+from bgbias.models.load import IMAGENET_MEAN, IMAGENET_STD, normalize
 from bgbias.train.config import OPTIMIZERS, SCHEDULES, TrainConfig
 from bgbias.train.data import TrainData, is_build_dir, load_data, load_train_val, split_rows
 from bgbias.train.recipes import RECIPES, Augment, PhaseHooks, Recipe
@@ -121,9 +121,11 @@ def make_optimizer(cfg: TrainConfig, model: nn.Module, total_steps: int):
 
 
 def normalizer(preprocess: dict[str, Any], device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
-    mean = torch.tensor(preprocess["mean"], device=device).view(1, 3, 1, 1)
-    std = torch.tensor(preprocess["std"], device=device).view(1, 3, 1, 1)
-    return lambda x: (x - mean) / std
+    """The checkpoint's ``preprocess`` normalisation (:func:`bgbias.models.load.normalize`, what audits apply).
+
+    ``device`` is kept for callers; the batch's own device is used."""
+    mean, std = tuple(preprocess["mean"]), tuple(preprocess["std"])
+    return lambda x: normalize(x, mean, std)
 
 
 @torch.no_grad()
