@@ -303,3 +303,35 @@ def test_two_local_processes_and_ray_give_identical_verdicts(tmp_path):
     assert verdicts(run(root, model, devices=("cpu", "cpu")), root) == one
     pytest.importorskip("ray")
     assert verdicts(run(root, model, executor="ray", devices=("cpu", "cpu")), root) == one
+
+
+def regime_layout(root: Path, sides: tuple[int, ...], n_bg_levels: int = 6) -> Path:
+    """Per class, one foreground square per ``sides`` entry on an 8x8 image, and backgrounds of every strength.
+
+    For the mean-colour model a side-2 square is fooled by almost any other-class background, a side-4 one
+    only by strong ones, a side-6 one by none: the mix of sides sets how often the model is fooled.
+    """
+    size, samples = 8, []
+    levels = np.linspace(0.1, 0.9, n_bg_levels)
+    for c in range(len(L.CLASSES)):
+        for j, side in enumerate(sides):
+            m = L.square_mask(size, side, x0=j % (size - side + 1), y0=(2 * j) % (size - side + 1))
+            bg = L.solid(c, float(levels[j % n_bg_levels]), size)
+            samples.append({"label": c, "id": f"c{c}_r{j}", "mask": m,
+                            "variants": {"original": L.paste(L.solid(c, 1.0, size), bg, m), "only_bg_t": bg}})
+    return L.write_layout(root, L.CLASSES, samples)
+
+
+@pytest.mark.parametrize("regime, sides", [("always", (2,) * 8), ("mostly", (2, 2, 4, 4, 2, 4, 2, 6)),
+                                           ("half", (2, 6, 4, 6, 2, 6, 4, 6))])
+def test_each_regime_equals_exhaustive_near_lower_bound(tmp_path, regime, sides):
+    """Fooled always, mostly, about half: verdicts of the plain loop, forwards near the exact lower bound."""
+    root = regime_layout(tmp_path / "d", sides)
+    truth = exhaustive(root, L.MeanColour())
+    share = np.mean(list(truth.values()))
+    assert {"always": share == 1, "mostly": 0.6 <= share < 1, "half": 0.3 <= share < 0.6}[regime], share
+    r = run(root, L.MeanColour(), top_k=0)
+    assert verdicts(r, root) == truth
+    n_fooled = sum(truth.values())
+    assert r["lower_bound_forwards"] == n_fooled + (len(truth) - n_fooled) * r["n_backgrounds"]
+    assert r["lower_bound_forwards"] <= r["forwards"] <= 1.5 * r["lower_bound_forwards"]

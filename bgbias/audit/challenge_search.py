@@ -15,6 +15,11 @@ the whole pool per robust one):
   seen on all classes. Backgrounds are tried in ascending ``est[y, b]`` (the
   most margin-lowering first), ties: other classes' backgrounds before y's,
   then a seeded shuffle;
+- fool counts per (class, background) enter the order as a Beta posterior whose prior is the background's
+  class-pair rate times its lift over all classes (own-class backgrounds start at 0), ``PRIOR`` pseudo-tries
+  strong, so a background that misleads every class is tried first on a class that has not met it yet; a
+  foreground that looks close to fooled draws its order from that posterior (Thompson sampling), counting
+  the picks of other foregrounds of its class in the same round as failures, so they spread out;
 - a foreground's predicted margin on its next background is its clean margin
   plus ``est`` plus its own mean residual. When that is within
   ``2 sigma`` (sigma: the running error of the prediction) of a wrong answer it
@@ -24,7 +29,7 @@ the whole pool per robust one):
   whole pool anyway;
 - each round is padded to a whole number of batches with the next backgrounds
   of the most robust-looking foregrounds, and up to ``active`` foregrounds are
-  searched at once (after a slow start), so forward passes stay full.
+  searched at once (after a slow start: ``1 + 0.3 x finished + rounds / 8``), so forward passes stay full.
 """
 from __future__ import annotations
 
@@ -42,8 +47,12 @@ from bgbias.core.compose import compose
 
 SHRINK = 1.0          # pseudo-count pulling a pair's mean delta towards its class-pair estimate
 FOOL_WEIGHT = 4.0     # weight of the log fool rate against the margin estimate in the background order
-SLOW_DONE, SLOW_ROUNDS = 1.0, 4   # slow start: active <= 1 + SLOW_DONE x finished + rounds // SLOW_ROUNDS
-THOMPSON = 1.0       # Beta posterior concentration multiplier of the Thompson draw (higher = less spread)
+SLOW_DONE, SLOW_ROUNDS = 0.3, 8   # slow start: active <= 1 + SLOW_DONE x finished + rounds // SLOW_ROUNDS
+THOMPSON = 4.0       # Beta posterior concentration multiplier of the Thompson draw (higher = less spread)
+POP = 2.0             # strength of the pool's mean fool rate as the prior of a background's rate
+LIFT = 1.0            # pseudo-count of a background's lift over its class pair's fool rate
+PENDING = 1.0         # pseudo-failures per same-round pick of a (class, background) by another foreground
+PRIOR = 16.0          # pseudo-tries of fool_prior behind a class's own fool counts of a background
 SAFE_Z = 2.0          # predicted margin above SAFE_Z sigmas -> the foreground looks robust: grow its step
 
 
@@ -189,17 +198,32 @@ class Search:
     def rank_parts(self, est: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The background order's two terms, lower = try first: the margin estimate in units of its spread, and
         ``FOOL_WEIGHT`` x minus the log of the fool rate, here as Beta(alpha, beta) over class-y fools / tries
-        with a prior of strength 1 at the background's rate over all classes.
+        with ``PRIOR`` pseudo-tries at :meth:`fool_prior`.
 
         Margins alone learn slowly when nearly every foreground is fooled at once (few composites per class);
         fool counts alone ignore how close the robust tries came. Their mix was best on the bench's three models.
         """
         cnt, tries = self.s["count"].astype(np.float64), self.s["dcnt"].astype(np.float64)
-        q = (cnt.sum(0) + 1.0) / (tries.sum(0) + 2.0)
-        alpha, beta = cnt + q, tries - cnt + (1.0 - q)
+        prior = self.fool_prior(cnt, tries)
+        alpha, beta = cnt + PRIOR * prior, tries - cnt + PRIOR * (1.0 - prior)
         seen = tries > 0
         spread = float(np.sqrt(np.mean((self.s["dsum"][seen] / tries[seen]) ** 2))) if seen.any() else 1.0
         return est / max(spread, 1e-9), alpha, beta
+
+    def fool_prior(self, cnt: np.ndarray, tries: np.ndarray) -> np.ndarray:
+        """``[C, n_bg]`` prior fool rate of background b on class y, before class y's own tries of b.
+
+        The (fg class, bg class) pair's rate, shrunk to the pool's mean rate with ``POP`` pseudo-tries (a
+        background of the foreground's own class starts at rate 0: it shows the class, it does not mislead),
+        times b's lift: its fools over what its pairs predict on every class it was tried on (``LIFT``
+        pseudo-counts). A strongly misleading background thus ranks high on a class before that class tries it.
+        """
+        f_pair, n_pair = cnt @ self.bg_onehot, tries @ self.bg_onehot                  # [C, C]
+        pbar = (cnt.sum() + 1.0) / (tries.sum() + 2.0)
+        base = (f_pair + POP * pbar * (1.0 - np.eye(self.n_classes))) / (n_pair + POP)
+        per_bg = base[:, self.bg_labels]                                               # [C, n_bg]
+        lift = (cnt.sum(0) + LIFT) / ((tries * per_bg).sum(0) + LIFT)
+        return np.clip(per_bg * lift, 1e-3, 1.0 - 1e-3)
 
     def orders(self, parts, classes: set[int]) -> dict[int, np.ndarray]:
         """Per class, the order by the mean fool rate (shared by the foregrounds that look robust)."""
@@ -207,7 +231,7 @@ class Search:
         score = m - FOOL_WEIGHT * np.log(alpha / (alpha + beta))
         return {y: np.lexsort((self.s["shuffle"], self.bg_labels == y, score[y])) for y in classes}
 
-    def sampled_order(self, parts, y: int, f: int, n_tried: int) -> np.ndarray:
+    def sampled_order(self, parts, y: int, f: int, n_tried: int, pending: np.ndarray | None = None) -> np.ndarray:
         """Thompson sampling: the order for one foreground with fool rates drawn from their Beta posteriors.
 
         Foregrounds of one class searched at the same time would otherwise all try the same uncertain
@@ -216,7 +240,8 @@ class Search:
         """
         m, alpha, beta = parts
         rng = np.random.default_rng([int(self.cfg.seed), int(f), int(n_tried)])
-        p = np.maximum(rng.beta(alpha[y] * THOMPSON, beta[y] * THOMPSON), 1e-12)
+        b = beta[y] if pending is None else beta[y] + PENDING * pending
+        p = np.maximum(rng.beta(alpha[y] * THOMPSON, b * THOMPSON), 1e-12)
         return np.lexsort((self.s["shuffle"], self.bg_labels == y, m[y] - FOOL_WEIGHT * np.log(p)))
 
     # -- one round -------------------------------------------------------------------------------------------
@@ -228,6 +253,7 @@ class Search:
         parts = self.rank_parts(est)
         orders = self.orders(parts, {int(self.fg_labels[f]) for f in active})
         sig = self.sigma()
+        pending = np.zeros((self.n_classes, n_bg))   # this round's picks, counted as failures for the next picks
         cands, z, want = [], np.zeros(len(active)), np.zeros(len(active), dtype=np.int64)
         for a, f in enumerate(active):
             y, tried = int(self.fg_labels[f]), s["tried"][a]
@@ -237,8 +263,9 @@ class Search:
             pred = s["clean_margin"][f] + est[y, cand[0]] + s["res_sum"][a] / (n_t + 1.0)
             z[a] = pred / sig if np.isfinite(sig) and sig > 0 else 0.0
             if z[a] < SAFE_Z:
-                o = self.sampled_order(parts, y, f, n_t)
+                o = self.sampled_order(parts, y, f, n_t, pending[y])
                 cand = o[~tried[o]]
+                pending[y, cand[0]] += 1
             want[a] = 1 if z[a] < SAFE_Z else min(max(1, n_t // 2), self.cfg.max_step)
             cands.append(cand)
         want = np.minimum(want, [len(c) for c in cands])

@@ -8,7 +8,8 @@ So the analysis only scores the pairs the search did not, and only for the
 backgrounds it reports: per class, candidates go in order of their estimated
 rate (known pairs exact, unknown pairs from the search's margin model), and
 measuring stops once ``top_k`` are exact and the next estimate is below the
-k-th exact rate (at most ``top_candidates`` per class). Its cost is at most
+k-th exact rate (at most ``top_candidates`` per class). All classes measure their next candidate in the
+same forward batches (one round per candidate rank), so the analysis runs at the model's batch rate. Its cost is at most
 ``sum_c min(top_candidates, n_bg_c) * fooled_subset_c`` forwards (fooled_subset_c:
 subset foregrounds of other classes that were fooled), a fixed term that does
 not grow with the number of foregrounds or the pool.
@@ -34,6 +35,7 @@ def top_fooling(search: Search, load, cfg, classes: list[str], bg_ids: list[str]
     est = search.estimates()
     total = s["count"].sum(0)
     forwards, bound, top, reach = 0, 0, {}, {}
+    st = {}                                   # per class: its state while candidates are measured
     for c, name in enumerate(classes):
         rows_c = np.flatnonzero(search.bg_labels == c)
         o = np.flatnonzero(y_of != c)
@@ -46,30 +48,49 @@ def top_fooling(search: Search, load, cfg, classes: list[str], bg_ids: list[str]
         guess = (s["clean_margin"][fgs][:, None] + est[ys][:, rows_c]) < 0
         est_rate = np.where(known, pred != ys[:, None], guess).mean(0)
         search_fools = total[rows_c] - s["count"][c, rows_c]
-        measured, exact = [], []
-        for j in np.lexsort((rows_c, -search_fools, -est_rate)):
-            if len(measured) >= cfg.top_candidates:
-                break
-            if len(measured) >= cfg.top_k and est_rate[j] < sorted(exact, reverse=True)[cfg.top_k - 1]:
-                break
-            need = np.flatnonzero(~known[:, j])
-            if len(need):
-                missing = [int(f) for f in fgs[need] if int(f) not in search.tensors]
-                for img, mask, i, _ in load(missing):
-                    search.tensors[i] = prep_fg(search.audit, img, mask, search.pool.shape)
-                p, _, _ = search.forward([int(f) for f in fgs[need]], np.full(len(need), rows_c[j]))
-                forwards += len(need)
-                pred[need, j] = p
-                known[need, j] = True
-                s["sub_pred"][sub_r[need], rows_c[j]] = p
-            measured.append(j)
-            exact.append(float((pred[:, j] != ys).mean()))
-        m = np.asarray(measured)
-        rate = np.asarray(exact)
-        to_c = pred[:, m] == c
+        st[c] = dict(rows_c=rows_c, o=o, sub_r=sub_r, fgs=fgs, ys=ys, pred=pred, known=known, est_rate=est_rate,
+                     fools=search_fools, queue=list(np.lexsort((rows_c, -search_fools, -est_rate))), measured=[],
+                     exact=[])
+    while True:                               # one round: every unfinished class's next candidate, one forward
+        picks = [(c, d, d["queue"].pop(0)) for c, d in st.items() if _wants_more(d, cfg)]
+        if not picks:
+            break
+        slots, rows, spans = [], [], []
+        for c, d, j in picks:
+            need = np.flatnonzero(~d["known"][:, j])
+            spans.append(need)
+            slots.extend(int(f) for f in d["fgs"][need])
+            rows.extend([int(d["rows_c"][j])] * len(need))
+        missing = sorted({f for f in slots if f not in search.tensors})
+        for img, mask, i, _ in load(missing):
+            search.tensors[i] = prep_fg(search.audit, img, mask, search.pool.shape)
+        p = search.forward(slots, np.asarray(rows, dtype=np.int64))[0] if slots else np.zeros(0, np.int64)
+        forwards += len(slots)
+        at = 0
+        for (c, d, j), need in zip(picks, spans):
+            got, at = p[at:at + len(need)], at + len(need)
+            d["pred"][need, j] = got
+            d["known"][need, j] = True
+            s["sub_pred"][d["sub_r"][need], d["rows_c"][j]] = got
+            d["measured"].append(j)
+            d["exact"].append(float((d["pred"][:, j] != d["ys"]).mean()))
+    for c, d in st.items():
+        name, rows_c = classes[c], d["rows_c"]
+        m = np.asarray(d["measured"], dtype=np.int64)
+        rate = np.asarray(d["exact"])
+        to_c = d["pred"][:, m] == c
         rank = np.lexsort((rows_c[m], -rate))[:cfg.top_k]
-        top[name] = [{"background": bg_ids[rows_c[m[r]]], "fool_rate": float(rate[r]), "n_tested": len(o),
-                      "to_class_rate": float(to_c[:, r].mean()), "search_fools": int(search_fools[m[r]])}
+        top[name] = [{"background": bg_ids[rows_c[m[r]]], "fool_rate": float(rate[r]), "n_tested": len(d["o"]),
+                      "to_class_rate": float(to_c[:, r].mean()), "search_fools": int(d["fools"][m[r]])}
                      for r in rank]
-        reach[name] = float(to_c.any(1).mean())
+        reach[name] = float(to_c.any(1).mean()) if len(m) else 0.0
     return top, reach, forwards, bound
+
+
+def _wants_more(d: dict, cfg) -> bool:
+    """A class measures its next candidate unless ``top_candidates`` are measured, or ``top_k`` are and the
+    next estimate is below the k-th exact rate (then no unmeasured background can enter its top k)."""
+    if not d["queue"] or len(d["measured"]) >= cfg.top_candidates:
+        return False
+    kth = sorted(d["exact"], reverse=True)[cfg.top_k - 1] if len(d["measured"]) >= cfg.top_k else -1.0
+    return bool(d["est_rate"][d["queue"][0]] >= kth)

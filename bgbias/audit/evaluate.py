@@ -16,7 +16,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from bgbias.audit.core import AuditConfig, bootstrap_ci, open_audit, overlap_with_training, predict_paths
+from bgbias.audit.core import AuditConfig, bootstrap_ci, open_audit, overlap_with_training
 from bgbias.audit.groups import (
     DEFAULT_MIN_COUNT,
     group_accuracy,
@@ -128,6 +128,8 @@ def resolve_variants(data: Path, variants: Sequence[str] | None, split: str = "v
 
 def evaluate(config: EvalConfig, loaded: LoadedModel | None = None) -> dict[str, Any]:
     """Run the evaluation and return the ``eval.json`` dict (see docs/ARCHITECTURE.md)."""
+    from bgbias.audit.evaluate_shards import clear_state, predict_variant
+
     t0 = time.time()
     data = Path(config.data)
     audit = open_audit(config, loaded)
@@ -150,8 +152,7 @@ def evaluate(config: EvalConfig, loaded: LoadedModel | None = None) -> dict[str,
         if max(it.label for it in items) >= len(audit.classes):
             raise ValueError(f"Variant {name!r} has class folders beyond the {len(audit.classes)} classes of "
                              "'original'.")
-        preds, _, bad = predict_paths(audit, [it.path for it in items], config.batch_size, config.workers,
-                                      config.progress, desc=name)
+        preds, _, bad = predict_variant(config, audit, name, [it.path for it in items], loaded)  # sharded if asked
         result["skipped"].extend({"path": str(items[i].path), "variant": name, "reason": r} for i, r in bad)
         valid = preds != -2
         rng = numpy_rng(config.seed, "bootstrap", folder)
@@ -170,6 +171,7 @@ def evaluate(config: EvalConfig, loaded: LoadedModel | None = None) -> dict[str,
     result["record"] = build_record(audit.model.files, audit.model.module, audit.device, config.seed, data,
                                     result["preprocess"])
     result["seconds"] = round(time.time() - t0, 3)
+    clear_state(config)
     return result
 
 
