@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from bgbias.audit.evaluate import EvalConfig, evaluate
-from bgbias.audit.evaluate_shards import ShardedEvalConfig, predict_variant, shard_file
+from bgbias.audit.evaluate_shards import predict_variant, shard_file
 from bgbias.models.load import LoadedModel
 
 
@@ -15,7 +15,7 @@ def _cfg(root, cls=EvalConfig, **kw):
 
 
 def _strip(r: dict) -> dict:
-    return {k: v for k, v in r.items() if k not in ("seconds", "config", "record")}
+    return {k: v for k, v in r.items() if k not in ("seconds", "record")}     # config too: spreading is not recorded
 
 
 def test_shards_equal_one_process_and_resume(tmp_path):
@@ -23,11 +23,11 @@ def test_shards_equal_one_process_and_resume(tmp_path):
     loaded = LoadedModel(L.MeanColour(), "test:model")
     one = evaluate(_cfg(root), loaded)
     state = tmp_path / "state"
-    sharded = evaluate(_cfg(root, ShardedEvalConfig, shards=3, state=str(state)), loaded)
+    sharded = evaluate(_cfg(root, EvalConfig, shards=3, state=str(state)), loaded)
     assert _strip(sharded) == _strip(one)
     assert not list(state.glob("*.npz"))                     # removed once the result exists
     # a worker died after shard 1 of 'original': only the other shards are predicted again
-    cfg = _cfg(root, ShardedEvalConfig, shards=3, state=str(state))
+    cfg = _cfg(root, EvalConfig, shards=3, state=str(state))
     from bgbias.audit.core import open_audit
     from bgbias.core.layout import list_items
 
@@ -50,7 +50,7 @@ def test_unreadable_image_keeps_its_index(tmp_path):
     bad.write_bytes(b"not a png")
     loaded = LoadedModel(L.MeanColour(), "test:model")
     one = evaluate(_cfg(root), loaded)
-    sharded = evaluate(_cfg(root, ShardedEvalConfig, shards=4), loaded)
+    sharded = evaluate(_cfg(root, EvalConfig, shards=4), loaded)
     assert sharded["skipped"] == one["skipped"] and [s["path"] for s in one["skipped"]] == [str(bad)]
     assert sharded["variants"] == one["variants"]
 
@@ -58,7 +58,7 @@ def test_unreadable_image_keeps_its_index(tmp_path):
 def test_bad_shard_count_is_one_clear_error(tmp_path):
     root = L.random_layout(tmp_path / "d", seed=5)
     with pytest.raises(ValueError, match="executor"):
-        evaluate(_cfg(root, ShardedEvalConfig, shards=2, executor="nope"), LoadedModel(L.MeanColour(), "test:model"))
+        evaluate(_cfg(root, EvalConfig, shards=2, executor="nope"), LoadedModel(L.MeanColour(), "test:model"))
 
 
 @pytest.mark.slow
@@ -66,5 +66,5 @@ def test_two_local_processes_give_one_process_result(tmp_path):
     root = L.random_layout(tmp_path / "d", seed=6)
     loaded = LoadedModel(L.MeanColour(), "test:model")
     one = evaluate(_cfg(root), loaded)
-    two = evaluate(_cfg(root, ShardedEvalConfig, devices=("cpu", "cpu")), loaded)
+    two = evaluate(_cfg(root, EvalConfig, devices=("cpu", "cpu")), loaded)
     assert two["variants"] == one["variants"]

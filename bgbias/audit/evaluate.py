@@ -17,6 +17,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from bgbias.audit.core import AuditConfig, bootstrap_ci, open_audit, overlap_with_training
+from bgbias.audit.evaluate_shards import clear_state, predict_variant
 from bgbias.audit.groups import (
     DEFAULT_MIN_COUNT,
     group_accuracy,
@@ -38,6 +39,11 @@ class EvalConfig(AuditConfig):
     variants: tuple[str, ...] | None = None   # None = every variant folder present; canonical names or folders
     n_bootstrap: int = 1000
     group_min_count: int = DEFAULT_MIN_COUNT   # groups with fewer samples are reported, not eligible for "worst"
+    # spread over workers (bgbias.audit.evaluate_shards; the result is the same as one process's)
+    shards: int = 1                          # each variant's images in this many pieces (resumable with state)
+    executor: str = "local"                  # local processes or "ray"
+    devices: tuple[str, ...] | None = None   # one worker per device; None: the config's device
+    state: str | None = None                 # folder for finished shards (resume); None: no resume
 
 
 def _variant_result(items: list[Item], preds: np.ndarray, valid: np.ndarray, classes: list[str],
@@ -126,10 +132,17 @@ def resolve_variants(data: Path, variants: Sequence[str] | None, split: str = "v
     return [(names.get(d, d), d) for d in dict.fromkeys(folder[v] for v in variants)]
 
 
+# how the work was spread, not what was computed: left out of eval.json, so its bytes do not depend on them
+RUN_ONLY = ("workers", "progress", "shards", "executor", "devices", "state")
+
+
+def recorded_config(config: EvalConfig) -> dict[str, Any]:
+    """The config as ``eval.json`` records it: everything that decides the numbers."""
+    return {k: v for k, v in asdict(config).items() if k not in RUN_ONLY}
+
+
 def evaluate(config: EvalConfig, loaded: LoadedModel | None = None) -> dict[str, Any]:
     """Run the evaluation and return the ``eval.json`` dict (see docs/ARCHITECTURE.md)."""
-    from bgbias.audit.evaluate_shards import clear_state, predict_variant
-
     t0 = time.time()
     data = Path(config.data)
     audit = open_audit(config, loaded)
@@ -137,7 +150,7 @@ def evaluate(config: EvalConfig, loaded: LoadedModel | None = None) -> dict[str,
     manifest = read_manifest(data)
     variants = resolve_variants(data, config.variants, config.split, manifest)
     result: dict[str, Any] = {"kind": "bgbias-eval/1", "model": config.model, "data": str(data), "split": config.split,
-                              "config": asdict(config), "preprocess": audit.preprocess.to_dict(),
+                              "config": recorded_config(config), "preprocess": audit.preprocess.to_dict(),
                               "label_map": audit.label_map.name, "classes": audit.classes, "variants": {},
                               "families_seen": families, "skipped": []}
     keyed: dict[str, dict] = {}

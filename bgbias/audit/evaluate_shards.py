@@ -12,14 +12,13 @@ removed by :func:`clear_state` once the result is written.
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
 from bgbias.audit.core import open_audit, predict_paths
-from bgbias.audit.evaluate import EvalConfig
 from bgbias.core.executors import check_executor, map_ordered
 from bgbias.core.io import atomic_write_bytes
 from bgbias.core.layout import sanitize_name
@@ -27,20 +26,10 @@ from bgbias.core.layout import sanitize_name
 _WORKER: dict[str, Any] = {}
 
 
-@dataclass(frozen=True)
-class ShardedEvalConfig(EvalConfig):
-    """An eval whose predictions run in ``shards`` pieces over ``devices`` (same result as one process)."""
-
-    shards: int = 1
-    executor: str = "local"                  # local processes or "ray"
-    devices: tuple[str, ...] | None = None   # one worker per device; None: the config's device
-    state: str | None = None                 # folder for finished shards (resume); None: no resume
-
-
-def sharded(config: EvalConfig) -> bool:
-    """Whether ``config`` asks for more than one worker (then :func:`predict_variant` shards)."""
-    return isinstance(config, ShardedEvalConfig) and (config.shards > 1 or config.executor != "local"
-                                                      or len(config.devices or ()) > 1)
+def sharded(config) -> bool:
+    """Whether an :class:`~bgbias.audit.evaluate.EvalConfig` asks for shards or workers (then
+    :func:`predict_variant` shards); its ``shards``, ``executor``, ``devices`` and ``state`` say how."""
+    return config.shards > 1 or config.executor != "local" or len(config.devices or ()) > 1
 
 
 def shard_file(state: str | None, variant: str, k: int, n: int) -> Path | None:
@@ -75,7 +64,7 @@ def _load(path: Path | None, n_paths: int):
     return z["preds"], z["conf"], [(int(i), str(r)) for i, r in zip(z["bad_i"], z["bad_r"])]
 
 
-def predict_variant(config: EvalConfig, audit, variant: str, paths: Sequence[Path], loaded=None):
+def predict_variant(config, audit, variant: str, paths: Sequence[Path], loaded=None):
     """(preds, confidences, bad) for one variant: in this process, or sharded when ``config`` asks for it."""
     if not sharded(config):
         return predict_paths(audit, paths, config.batch_size, config.workers, config.progress, desc=variant)
@@ -105,8 +94,8 @@ def predict_variant(config: EvalConfig, audit, variant: str, paths: Sequence[Pat
     return preds, conf, sorted(bad)
 
 
-def clear_state(config: EvalConfig) -> None:
+def clear_state(config) -> None:
     """Remove the finished shards once the whole result exists (a rerun then starts afresh)."""
-    if isinstance(config, ShardedEvalConfig) and config.state and Path(config.state).is_dir():
+    if config.state and Path(config.state).is_dir():
         for f in Path(config.state).glob("*.shard*of*.npz"):
             f.unlink()

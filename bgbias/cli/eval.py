@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 
+from ._common import add_executor_option
 from ._model_options import add_model_arguments, model_kwargs, split_list
 
 
@@ -12,7 +13,9 @@ def eval_command(args: argparse.Namespace) -> int:
 
     check_writable(args.out)   # before the compute, not after it
 
-    result = evaluate(EvalConfig(variants=split_list(args.variants), **model_kwargs(args)))
+    spread = {k: v for k, v in dict(shards=args.shards, executor=args.executor, state=args.state,
+                                    devices=split_list(args.devices)).items() if v is not None}
+    result = evaluate(EvalConfig(variants=split_list(args.variants), **spread, **model_kwargs(args)))
     write_json(args.out, result)
     print(format_table(result))
     print(f"wrote {args.out}")
@@ -24,4 +27,9 @@ def register(sub) -> None:
     add_model_arguments(p)
     p.add_argument("--variants", default="all", help="all | comma-separated variant names or folders (e.g. original,color:red)")
     p.add_argument("--out", default="eval.json", help="result JSON to write")
+    g = p.add_argument_group("spreading the work (same result as one process)")
+    g.add_argument("--shards", type=int, help="each variant's images in N pieces (default 1; with --state, resumable)")
+    g.add_argument("--devices", help="comma list, one worker each, e.g. cuda:0,cuda:1 (default: --device)")
+    g.add_argument("--state", help="folder for finished shards, so a rerun after a crash predicts only the rest")
+    add_executor_option(g, None, "where shard workers run: local processes (default) or a Ray cluster")
     p.set_defaults(func=eval_command)
