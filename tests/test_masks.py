@@ -379,6 +379,21 @@ def test_source_from_args_wraps_a_folder_with_boxes_and_grabcut(tmp_path):
         assert s.boxes == (scene(i)[2],) and iou(s.mask > 0.5, scene(i)[1]) > 0.8
     with pytest.raises(ValueError, match="classes"):
         source_from_args(p.parse_args([f"folder:{imgs}", "--classes", "dog"]))
+    with pytest.raises(ValueError, match="apply only to --masks-from model:ARCH"):
+        source_from_args(p.parse_args([f"folder:{imgs}", "--masks-from", "grabcut", "--boxes", str(boxes),
+                                       "--mask-device", "cpu"]))
+
+
+def test_mask_device_and_batch_size_reach_the_model_method(tmp_path, lraspp_weights):
+    pytest.importorskip("bgbias.sources.base")
+    imgs, _ = _folder_with_boxes(tmp_path)
+    p = argparse.ArgumentParser()
+    p.add_argument("source")
+    add_mask_arguments(p)
+    src = source_from_args(p.parse_args([f"folder:{imgs}", "--masks-from", "model:lraspp_mobilenet_v3_large",
+                                         "--weights", str(lraspp_weights), "--mask-device", "cpu",
+                                         "--mask-batch-size", "3", "--mask-cache", "none"]))
+    assert (src.method.device, src.method.batch_size) == ("cpu", 3)
 
 
 def test_masks_command_writes_masks_and_summary(tmp_path, capsys):
