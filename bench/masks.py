@@ -169,6 +169,7 @@ def bench_real(root: Path, workers: int, limit: int | None = None) -> None:
 
 
 SETTINGS = [("full resolution", "none", dict()),
+            ("300 (whole photo, no crop)", "none", dict(work_side=300, margin=None)),
             ("200 (crop)", "none", dict(work_side=200)),
             ("200 (crop)", "band", dict(work_side=200, refine="band")),
             ("300 (crop)", "none", dict(work_side=300)),

@@ -201,11 +201,11 @@ REFINERS = ("none", "guided", "band")
 
 def grabcut_from_boxes(image: np.ndarray, boxes: tuple[Box, ...], iterations: int = 5,
                        min_box_fraction: float = 0.1, retries: int = 2, seed: int = 0,
-                       work_side: int | None = None, refine: str = "none", margin: float = 0.15) -> np.ndarray:
+                       work_side: int | None = None, refine: str = "none", margin: float | None = 0.15) -> np.ndarray:
     """uint8 HxWx3 RGB + boxes -> float32 HxW {0, 1} foreground. See :class:`GrabCutMask`.
 
     ``work_side``: run GrabCut on the boxes' neighbourhood (their union enlarged by ``margin`` x its size per side,
-    at least 8 px; outside it GrabCut's rectangle makes everything background anyway) shrunk so its longer side
+    at least 8 px; ``None``: the whole photo; outside it GrabCut's rectangle makes everything background anyway) shrunk so its longer side
     is at most ``work_side`` (boxes scaled alike): small objects keep their pixels and the background model is
     local. The mask comes back to full size (bilinear, soft) and is cut with ``refine`` (``none``: at 0.5;
     ``guided``: :func:`guided_refine`; ``band``: :func:`band_refine`).
@@ -215,7 +215,7 @@ def grabcut_from_boxes(image: np.ndarray, boxes: tuple[Box, ...], iterations: in
         return _grabcut(image, boxes, iterations, min_box_fraction, retries, seed)
     cx0, cy0 = max(0, min(b[0] for b in boxes)), max(0, min(b[1] for b in boxes))
     cx1, cy1 = min(W, max(b[2] for b in boxes)), min(H, max(b[3] for b in boxes))
-    if work_side is not None and cx1 > cx0 and cy1 > cy0:
+    if work_side is not None and margin is not None and cx1 > cx0 and cy1 > cy0:
         dx, dy = max(8, round((cx1 - cx0) * margin)), max(8, round((cy1 - cy0) * margin))
         cx0, cy0, cx1, cy1 = max(0, cx0 - dx), max(0, cy0 - dy), min(W, cx1 + dx), min(H, cy1 + dy)
     else:
