@@ -2,7 +2,8 @@
 
 Methods (registry ``MASK_METHODS``): ``given`` (the source's own mask), ``threshold[:VALUE]``
 (intensity, Otsu by default), ``grabcut`` (OpenCV GrabCut from the annotation boxes, as
-ImageNet-9 made its masks) and ``model:<arch>`` (a torchvision segmentation network with a
+ImageNet-9 made its masks), ``grabcut_fast`` (GrabCut on the boxes' crop at a working resolution,
+refined at full resolution at the boundary) and ``model:<arch>`` (a torchvision segmentation network with a
 local weights file; never downloads unless asked; in :mod:`bgbias.masks.model`, loaded by the
 registry on first use).
 :func:`with_masks` wraps any source so ``load(i)`` returns a sample with a mask; masks are
