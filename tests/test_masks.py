@@ -107,8 +107,8 @@ def test_grabcut_recovers_known_object_on_clutter():
 
 
 def test_working_resolution_grabcut_is_full_size_and_as_good():
-    """GrabCut on a shrunk photo, brought back and refined with a guided filter: full-size {0,1} masks about as
-    close to the truth as full-resolution GrabCut, deterministic, and a different cache key."""
+    """GrabCut on the box's shrunk neighbourhood, brought back and refined at the boundary: full-size {0,1} masks
+    close to full-resolution GrabCut's and about as close to the truth, deterministic, and a different cache key."""
     fast = create_mask_method("grabcut_fast", work_side=100)
     full, quick = [], []
     for s in range(6):
@@ -117,12 +117,36 @@ def test_working_resolution_grabcut_is_full_size_and_as_good():
         assert m.dtype == np.float32 and m.shape == truth.shape and set(np.unique(m)) <= {0.0, 1.0}
         assert np.array_equal(m, fast(Sample(img, None, 0, "x", (box,))))
         quick.append(iou(m > 0.5, truth))
-        full.append(iou(grabcut_from_boxes(img, (box,)) > 0.5, truth))
+        reference = grabcut_from_boxes(img, (box,)) > 0.5
+        full.append(iou(reference, truth))
+        assert iou(m > 0.5, reference) >= 0.85                           # close to full-resolution GrabCut's mask
     assert np.mean(quick) >= np.mean(full) - 0.03 and np.mean(quick) >= 0.8
     assert fast.params() != create_mask_method("grabcut").params()
     assert "work_side" not in create_mask_method("grabcut").params()      # existing caches stay valid
     with pytest.raises(ValueError, match="work_side"):
         create_mask_method("grabcut_fast", work_side=8)
+
+
+def test_band_refinement_does_not_lose_iou_and_stays_in_the_boxes():
+    """The full-resolution band pass only moves the boundary of the working-resolution mask: never worse on a
+    synthetic object, never outside the (5%-enlarged) box, and small objects far from the image centre work."""
+    plain, band = [], []
+    for s in range(6):
+        img, truth, box = scene(10 + s, 300, 400)
+        a = grabcut_from_boxes(img, (box,), work_side=64) > 0.5
+        b = grabcut_from_boxes(img, (box,), work_side=64, refine="band") > 0.5
+        plain.append(iou(a, truth))
+        band.append(iou(b, truth))
+        assert not (b & ~masks._box_region(masks._enlarge((box,), 0.05, 300, 400), 300, 400)).any()
+    assert np.mean(band) >= np.mean(plain) and np.mean(band) >= 0.8
+    big = np.zeros((600, 800, 3), np.uint8)
+    img, truth, (x0, y0, x1, y1) = scene(4)                                 # a 120x160 scene in a corner
+    big[:] = img[0, 0]
+    big[20:140, 600:760] = img
+    m = grabcut_from_boxes(big, ((x0 + 600, y0 + 20, x1 + 600, y1 + 20),), work_side=100, refine="band") > 0.5
+    assert iou(m[20:140, 600:760], truth) >= 0.8 and not m[:, :600].any()   # the crop keeps the object's pixels
+    with pytest.raises(ValueError, match="refine 'bnad'"):
+        create_mask_method("grabcut_fast", refine="bnad")
 
 
 def test_grabcut_is_deterministic_and_uses_several_boxes():
@@ -264,6 +288,46 @@ def test_model_mask_errors_are_one_sentence(lraspp_weights, tmp_path):
         ModelMask("lraspp_mobilenet_v3_large", lraspp_weights).network()
 
 
+def test_model_masks_in_batches_equal_one_by_one(lraspp_weights):
+    """Batched forwards (photos of several sizes grouped by input size) give exactly the one-by-one masks, also
+    through ``run_masks`` on a masked source; ``device='auto'`` is the CPU here."""
+    samples = [Sample(scene(s, *hw)[0], None, 0, f"s{s}", ()) for s, hw in enumerate([(60, 80), (60, 80), (64, 64),
+                                                                                        (60, 80), (64, 64)])]
+    one = ModelMask("lraspp_mobilenet_v3_large", lraspp_weights, num_classes=3, size=48, batch_size=1)
+    many = ModelMask("lraspp_mobilenet_v3_large", lraspp_weights, num_classes=3, size=48, batch_size=2)
+    assert many.device == ("cuda" if torch.cuda.is_available() else "cpu")
+    singles = [one(s) for s in samples]
+    assert all(np.array_equal(a, b) for a, b in zip(many.masks(samples), singles))
+    assert one.params() == many.params()                                  # the batch size is not in the cache key
+
+    class Scenes(ListSource):
+        def load(self, i):
+            return samples[i]
+
+    src = Scenes(len(samples))
+    calls = []
+    real = many.masks
+    many.masks = lambda batch: (calls.append(len(batch)), real(batch))[1]
+    recs = run_masks(with_masks(src, many, cache=False), None)
+    assert calls == [2, 2, 1]
+    assert recs == run_masks(with_masks(src, one, cache=False), None)      # same records (kept or dropped) as one by one
+    with pytest.raises(ValueError, match="batch_size must be >= 1"):
+        ModelMask("lraspp_mobilenet_v3_large", lraspp_weights, batch_size=0)
+
+
+def test_model_weight_mismatch_message_ends_on_a_whole_word(lraspp_weights):
+    """The load error is shortened at a word boundary, never cut mid-word."""
+    with pytest.raises(ValueError, match="does not fit") as e:
+        ModelMask("lraspp_mobilenet_v3_large", lraspp_weights, num_classes=5).network()
+    detail = str(e.value).split("classes: ", 1)[1]
+    assert len(detail) <= 160 and (detail.endswith(" ...") or detail.endswith("."))
+    import torchvision
+    net = torchvision.models.get_model("lraspp_mobilenet_v3_large", weights_backbone=None, num_classes=5)
+    with pytest.raises(RuntimeError) as full:
+        net.load_state_dict(torch.load(lraspp_weights))
+    assert set(detail.removesuffix(" ...").split()) <= set(str(full.value).split())
+
+
 def test_model_weights_with_aux_head_load(tmp_path):
     import torchvision
     net = torchvision.models.get_model("deeplabv3_mobilenet_v3_large", weights_backbone=None, num_classes=2,
@@ -315,6 +379,21 @@ def test_source_from_args_wraps_a_folder_with_boxes_and_grabcut(tmp_path):
         assert s.boxes == (scene(i)[2],) and iou(s.mask > 0.5, scene(i)[1]) > 0.8
     with pytest.raises(ValueError, match="classes"):
         source_from_args(p.parse_args([f"folder:{imgs}", "--classes", "dog"]))
+    with pytest.raises(ValueError, match="apply only to --masks-from model:ARCH"):
+        source_from_args(p.parse_args([f"folder:{imgs}", "--masks-from", "grabcut", "--boxes", str(boxes),
+                                       "--mask-device", "cpu"]))
+
+
+def test_mask_device_and_batch_size_reach_the_model_method(tmp_path, lraspp_weights):
+    pytest.importorskip("bgbias.sources.base")
+    imgs, _ = _folder_with_boxes(tmp_path)
+    p = argparse.ArgumentParser()
+    p.add_argument("source")
+    add_mask_arguments(p)
+    src = source_from_args(p.parse_args([f"folder:{imgs}", "--masks-from", "model:lraspp_mobilenet_v3_large",
+                                         "--weights", str(lraspp_weights), "--mask-device", "cpu",
+                                         "--mask-batch-size", "3", "--mask-cache", "none"]))
+    assert (src.method.device, src.method.batch_size) == ("cpu", 3)
 
 
 def test_masks_command_writes_masks_and_summary(tmp_path, capsys):

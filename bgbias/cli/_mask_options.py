@@ -26,6 +26,10 @@ def add_mask_arguments(parser: Any) -> None:
                    help="with model:ARCH and no --weights, download torchvision's default weights")
     g.add_argument("--fg-classes", metavar="LIST",
                    help="model output classes that count as foreground (indices or VOC names; default all but 0)")
+    g.add_argument("--mask-device", metavar="DEVICE",
+                   help="device for --masks-from model:ARCH (default: the GPU when there is one, else cpu)")
+    g.add_argument("--mask-batch-size", type=int, metavar="N",
+                   help="photos per forward for --masks-from model:ARCH (default 8)")
     g.add_argument("--classes", metavar="LIST", help="annotation classes to use, comma-separated, in label order")
     g.add_argument("--foreground", choices=("label", "all"), default=None,
                    help="coco: foreground is every instance of the label's category (label) or every instance (all)")
@@ -55,6 +59,21 @@ def _method_kwargs(args: Any) -> dict:
             "download": getattr(args, "download_weights", None)}
 
 
+def _set_model_device(source: Any, args: Any) -> Any:
+    """Put ``--mask-device`` / ``--mask-batch-size`` on a model:ARCH method (its network is built on first use)."""
+    device, batch = getattr(args, "mask_device", None), getattr(args, "mask_batch_size", None)
+    if device is None and batch is None:
+        return source
+    method = getattr(source, "method", None)
+    if method is None or method.name != "model":
+        raise ValueError("--mask-device and --mask-batch-size apply only to --masks-from model:ARCH.")
+    if batch is not None and batch < 1:
+        raise ValueError(f"--mask-batch-size must be >= 1, got {batch}.")
+    method.device = device or method.device
+    method.batch_size = batch or method.batch_size
+    return source
+
+
 def source_from_args(args: Any, spec: str | None = None) -> Any:
     """The source named by ``spec`` (default ``args.source``) with the mask options of :func:`add_mask_arguments`.
 
@@ -68,7 +87,8 @@ def source_from_args(args: Any, spec: str | None = None) -> Any:
                                                 "crop_rules")}
     method = getattr(args, "masks_from", None)
     if family in ANNOTATION_FAMILIES:
-        return create_source(spec, **opts, masks_from=method, cache=_cache_from_args(args), **_method_kwargs(args))
+        return _set_model_device(create_source(spec, **opts, masks_from=method, cache=_cache_from_args(args),
+                                               **_method_kwargs(args)), args)
     for opt in ("classes", "foreground", "min_area"):
         if opts[opt] is not None:
             raise ValueError(f"--{opt.replace('_', '-')} does not apply to source {family!r}; it applies to: "
@@ -77,6 +97,6 @@ def source_from_args(args: Any, spec: str | None = None) -> Any:
     if method is None and all(opts[k] is None for k in ("boxes", "box_mode", "crop_rules")):
         return source
     fill_only = method is None and opts["boxes"] is not None   # boxes alone: keep given masks, GrabCut the rest
-    return with_masks(source, method or ("grabcut" if fill_only else "given"), boxes=opts["boxes"],
-                      box_mode=opts["box_mode"], crop_rules=opts["crop_rules"], cache=_cache_from_args(args),
-                      fill_only=fill_only, **_method_kwargs(args))
+    return _set_model_device(with_masks(source, method or ("grabcut" if fill_only else "given"), boxes=opts["boxes"],
+                                        box_mode=opts["box_mode"], crop_rules=opts["crop_rules"],
+                                        cache=_cache_from_args(args), fill_only=fill_only, **_method_kwargs(args)), args)

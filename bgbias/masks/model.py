@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -24,14 +25,16 @@ class ModelMask(MaskMethod):
     Foreground = pixels whose arg-max class is in ``fg_classes`` (indices, or names of the
     21 VOC categories of torchvision's weights); default every class except 0 (background).
     The network is built without any download (``weights_backbone=None``); ``download=True``
-    fetches torchvision's default weights when no file is given. Loaded lazily, once per process.
+    fetches torchvision's default weights when no file is given. Loaded lazily, once per process,
+    on ``device`` (``auto``: the GPU when there is one). :meth:`masks` runs ``batch_size`` photos per
+    forward (photos of the same network input size go together, so a batch gives the one-by-one masks).
     """
 
     name = "model"
 
     def __init__(self, arch: str = "deeplabv3_resnet50", weights: str | os.PathLike | None = None,
                  fg_classes: str | list | None = None, num_classes: int = 21, size: int = 520,
-                 device: str = "cpu", download: bool = False, trust: bool = False):
+                 device: str = "auto", download: bool = False, trust: bool = False, batch_size: int = 8):
         import torchvision
         valid = torchvision.models.list_models(module=torchvision.models.segmentation)
         if arch not in valid:
@@ -42,7 +45,12 @@ class ModelMask(MaskMethod):
         if weights is not None and not Path(weights).is_file():
             raise ValueError(f"Weights file {weights} does not exist.")
         self.arch, self.weights, self.num_classes = arch, weights, int(num_classes)
-        self.size, self.device, self.download, self.trust = int(size), device, bool(download), bool(trust)
+        if int(batch_size) < 1:
+            raise ValueError(f"model mask batch_size must be >= 1, got {batch_size}.")
+        import torch
+        self.device = ("cuda" if torch.cuda.is_available() else "cpu") if device in (None, "", "auto") else str(device)
+        self.size, self.download, self.trust = int(size), bool(download), bool(trust)
+        self.batch_size = int(batch_size)
         self.fg_classes = self._parse_classes(fg_classes)
         self._digest = _file_digest(weights) if weights is not None else "torchvision-default"
         self._net = None
@@ -92,28 +100,44 @@ class ModelMask(MaskMethod):
                 try:
                     net.load_state_dict(state)
                 except RuntimeError as e:
+                    detail = textwrap.shorten(str(e).splitlines()[1].strip(), 160, placeholder=" ...")
                     raise ValueError(f"Weights file {self.weights} does not fit {self.arch} with "
-                                     f"{self.num_classes} classes: {str(e).splitlines()[1][:160]}") from None
+                                     f"{self.num_classes} classes: {detail}") from None
             self._net = net.eval().to(self.device)
         return self._net
 
     def __call__(self, sample: Sample) -> np.ndarray:
+        return self.masks([sample])[0]
+
+    def _input_size(self, h: int, w: int) -> tuple[int, int]:
+        if not self.size:
+            return h, w
+        scale = self.size / min(h, w)
+        return max(1, round(h * scale)), max(1, round(w * scale))
+
+    def masks(self, samples: list[Sample]) -> list[np.ndarray]:
+        """Every sample's mask, ``batch_size`` photos of the same network input size per forward on ``device``."""
         import torch
         import torch.nn.functional as F
-        h, w = sample.size
-        x = torch.from_numpy(sample.image).to(self.device).permute(2, 0, 1)[None].float() / 255.0
         mean = torch.tensor([0.485, 0.456, 0.406], device=self.device).view(1, 3, 1, 1)
         std = torch.tensor([0.229, 0.224, 0.225], device=self.device).view(1, 3, 1, 1)
-        x = (x - mean) / std
-        if self.size:
-            scale = self.size / min(h, w)
-            x = F.interpolate(x, size=(max(1, round(h * scale)), max(1, round(w * scale))), mode="bilinear",
-                              align_corners=False, antialias=True)
-        with torch.no_grad():
-            logits = self.network()(x)["out"]
-            logits = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
-        pred = logits.argmax(1)[0].cpu().numpy()
-        return np.isin(pred, self.fg_classes).astype(np.float32)
+        groups: dict[tuple, list[int]] = {}
+        for k, s in enumerate(samples):
+            groups.setdefault((*s.size, *self._input_size(*s.size)), []).append(k)
+        out: list[np.ndarray | None] = [None] * len(samples)
+        for (h, w, ih, iw), members in groups.items():
+            for at in range(0, len(members), self.batch_size):
+                chunk = members[at:at + self.batch_size]
+                x = torch.from_numpy(np.stack([samples[k].image for k in chunk])).to(self.device)
+                x = (x.permute(0, 3, 1, 2).float() / 255.0 - mean) / std
+                if (ih, iw) != (h, w):
+                    x = F.interpolate(x, size=(ih, iw), mode="bilinear", align_corners=False, antialias=True)
+                with torch.no_grad():
+                    logits = F.interpolate(self.network()(x)["out"], size=(h, w), mode="bilinear", align_corners=False)
+                fg = torch.isin(logits.argmax(1), torch.tensor(self.fg_classes, device=self.device))
+                for k, m in zip(chunk, fg.cpu().numpy()):
+                    out[k] = m.astype(np.float32)
+        return out  # type: ignore[return-value]
 
 
 def _file_digest(path: str | os.PathLike) -> str:

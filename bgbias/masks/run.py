@@ -66,11 +66,17 @@ def _init_worker(source: Any, out: Path | None, pool: bool = False) -> None:
 
 def _mask_job(i: int) -> dict:
     """Load item ``i`` with its mask and (when writing) save it; returns a small record, never raises BadSample."""
-    source, out = _WORKER["source"], _WORKER["out"]
     try:
-        s = source.load(i)
+        return _record(i, _WORKER["source"].load(i))
     except BadSample as e:
-        return {"index": i, "id": _WORKER["ids"][i], "reason": e.reason}
+        return _record(i, e)
+
+
+def _record(i: int, s: Any) -> dict:
+    """Item ``i``'s record from its loaded sample (written to the output folder when there is one) or BadSample."""
+    source, out = _WORKER["source"], _WORKER["out"]
+    if isinstance(s, BadSample):
+        return {"index": i, "id": _WORKER["ids"][i], "reason": s.reason}
     rec = {"index": i, "id": s.id, "label": s.label, "area": round(float((s.mask > 0.5).mean()), 6),
            "boxes": [list(b) for b in s.object_boxes()],
            "method": source.mask_method(i) if hasattr(source, "mask_method") else "given"}
@@ -82,9 +88,18 @@ def _mask_job(i: int) -> dict:
 
 def run_masks(source: Any, out: str | os.PathLike | None = None, workers: int = 1,
               indices: list[int] | None = None) -> list[dict]:
-    """Compute (and with ``out``, write ``OUT/fg_mask/val/<NN_class>/<id>.npy``) every mask; records in index order."""
+    """Compute (and with ``out``, write ``OUT/fg_mask/val/<NN_class>/<id>.npy``) every mask; records in index order.
+
+    A method that batches (``method.batch_size`` > 1, e.g. ``model:ARCH`` on its device) gets its items in
+    batches of that size through ``source.load_many``, in this process (the device is the parallelism).
+    """
     indices = list(range(len(source))) if indices is None else list(indices)
     out = Path(out) if out is not None else None
+    batch = getattr(getattr(source, "method", None), "batch_size", 1)
+    if batch > 1 and hasattr(source, "load_many"):
+        _init_worker(source, out)
+        return [_record(i, s) for at in range(0, len(indices), batch)
+                for i, s in zip(indices[at:at + batch], source.load_many(indices[at:at + batch]))]
     if workers <= 1:
         _init_worker(source, out)
         return [_mask_job(i) for i in indices]

@@ -46,24 +46,46 @@ class MaskedSource(Source):
         return "given" if self.fill_only and has is not None and has(i) else self.method.name
 
     def load(self, i: int) -> Sample:
-        sample = self.base.load(i)
-        if self.box_table is not None:
-            sample = sample.with_(boxes=self.box_table.lookup(sample))
-        sample = self.rules.apply(sample)
-        if self.fill_only and sample.mask is not None:
-            return sample
-        result = self.cache.get(key := MaskCache.key(self.spec, sample, self.method)) if self.cache else None
-        if result is None:
-            try:
-                result = self.method(sample)
-                check_mask_usable(result)
-            except BadSample as e:
-                result = BadSample(_rule_reason(e.reason, self.method.name))
-            if self.cache:
-                self.cache.put(key, result)
+        result = self.load_many([i])[0]
         if isinstance(result, BadSample):
             raise result
-        return sample.with_(mask=result)
+        return result
+
+    def load_many(self, indices: list[int]) -> list[Sample | BadSample]:
+        """Items ``indices`` with their masks (or the BadSample each raised); the uncached masks in one
+        ``method.masks`` call, so a network method runs them as batches."""
+        out: list[Sample | BadSample | None] = [None] * len(indices)
+        todo: list[tuple[int, Sample, str | None]] = []
+        for k, i in enumerate(indices):
+            try:
+                sample = self.base.load(i)
+                if self.box_table is not None:
+                    sample = sample.with_(boxes=self.box_table.lookup(sample))
+                sample = self.rules.apply(sample)
+            except BadSample as e:
+                out[k] = e
+                continue
+            if self.fill_only and sample.mask is not None:
+                out[k] = sample
+                continue
+            key = MaskCache.key(self.spec, sample, self.method) if self.cache else None
+            result = self.cache.get(key) if self.cache else None
+            if result is None:
+                todo.append((k, sample, key))
+            else:
+                out[k] = result if isinstance(result, BadSample) else sample.with_(mask=result)
+        for (k, sample, key), result in zip(todo, self.method.masks([s for _, s, _ in todo]) if todo else []):
+            if not isinstance(result, BadSample):
+                try:
+                    check_mask_usable(result)
+                except BadSample as e:
+                    result = e
+            if isinstance(result, BadSample):
+                result = BadSample(_rule_reason(result.reason, self.method.name))
+            if self.cache:
+                self.cache.put(key, result)
+            out[k] = result if isinstance(result, BadSample) else sample.with_(mask=result)
+        return out  # type: ignore[return-value]
 
     def describe(self) -> dict:
         return {**self.base.describe(), "masks": {
