@@ -24,6 +24,7 @@ Verdicts of bgbias and the official loop must be identical (asserted).
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import tempfile
@@ -194,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-projection", action="store_true")
+    ap.add_argument("--json", help="also write the summary the README reads (e.g. docs/bench/challenge.json)")
     ap.add_argument("--rhos", default="0.95,0.8,0.7", help="train-time background/class correlation per model")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -231,6 +233,22 @@ def main(argv: list[str] | None = None) -> int:
           "bgbias s / official s: CPU seconds")
     if not args.no_projection:
         project_in9(rows, resnet50_rate())
+    if args.json:
+        out = []
+        for rho, row in rows:
+            r = row["r"]
+            lb, fw = r["lower_bound_forwards"], r["forwards"]
+            rate = (fw + r["clean_forwards"] + r["analysis_forwards"]) / row["bgbias_s"]
+            out.append({"rho": rho, "fooled": round(1 - r["challenge_accuracy"], 4), "lower_bound": lb, "forwards": fw,
+                        "x_lower_bound": round(fw / lb, 3), "official_forwards": row["official_fw"],
+                        "official_x_lower_bound": round(row["official_fw"] / lb, 3),
+                        "analysis_over_search": round(r["analysis_forwards"] / max(fw, 1), 3),
+                        "rate_over_pure": round(rate / row["pure"], 3),
+                        "speedup_vs_official": round(row["official_s"] / row["bgbias_s"], 2)})
+        Path(args.json).write_text(json.dumps({"command": "python bench/challenge.py " + " ".join(argv or sys.argv[1:]),
+                                               "n_foregrounds": r0["n_foregrounds"], "n_backgrounds": r0["n_backgrounds"],
+                                               "batch": args.batch, "identical_verdicts": True, "models": out},
+                                              indent=1) + "\n")
     return 0
 
 

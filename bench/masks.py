@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import sys
 import tempfile
 import time
@@ -184,14 +185,14 @@ def label_boxes(root: Path, row: dict) -> tuple:
     return tuple([o.box for o in ann.objects if o.name == row["class"]] or [o.box for o in ann.objects])
 
 
-def bench_settings(root: Path, every: int) -> None:
+def bench_settings(root: Path, every: int) -> list[dict]:
     """Speed / IoU per GrabCut setting on every ``every``-th real photo (the label's annotation boxes), 1 process.
 
     A failed mask (``grabcut_small``) counts IoU 0; the interval is a 95% bootstrap over photos (2000 resamples).
     """
     if not (root / "manifest.csv").is_file():
         print(f"settings: {root} not found; skipped")
-        return
+        return []
     rows = list(csv.DictReader(open(root / "manifest.csv")))[::every]
     photos = [(masks.cv2.cvtColor(masks.cv2.imread(str(root / r["image"])), masks.cv2.COLOR_BGR2RGB),
                read_mask(root / r["mask"]) > 0.5, label_boxes(root, r)) for r in rows]
@@ -199,7 +200,7 @@ def bench_settings(root: Path, every: int) -> None:
           f"failures count IoU 0):")
     print(f"  {'working side':28s} {'refine':7s} {'photos/CPU-s':>12s} {'vs full':>8s}  mean IoU [95% bootstrap]  failed"
           f"  (photos per CPU-second of this process: wall time on shared cores is noise)")
-    base, rng = None, np.random.default_rng(0)
+    base, rng, table = None, np.random.default_rng(0), []
     for name, refine, kw in SETTINGS:
         if refine == "guided" and not hasattr(masks.cv2, "ximgproc"):
             print(f"  {name:28s} {refine:7s} skipped: needs opencv-contrib (cv2.ximgproc)")
@@ -216,6 +217,10 @@ def bench_settings(root: Path, every: int) -> None:
         boot = np.mean(np.asarray(ious)[rng.integers(0, len(ious), (2000, len(ious)))], 1)
         print(f"  {name:28s} {refine:7s} {rate:12.2f} {rate / base:7.1f}x  {np.mean(ious):.3f} "
               f"[{np.quantile(boot, 0.025):.3f}, {np.quantile(boot, 0.975):.3f}]    {failed}", flush=True)
+        table.append({"setting": name, "refine": refine, "photos": len(photos), "photos_per_cpu_s": round(rate, 3),
+                      "vs_full": round(rate / base, 2), "mean_iou": round(float(np.mean(ious)), 3),
+                      "ci95": [round(float(np.quantile(boot, q)), 3) for q in (0.025, 0.975)], "failed": failed})
+    return table
 
 
 def _grabcut_all(src, workers: int, indices: list[int] | None = None) -> dict:
@@ -247,8 +252,12 @@ def main() -> None:
     p.add_argument("--limit", type=int, help="real data: score only this many photos (spread over the classes)")
     p.add_argument("--settings-every", type=int, default=12, help="settings table: every k-th real photo")
     p.add_argument("--only-settings", action="store_true")
+    p.add_argument("--json", help="also write the settings table the README reads (e.g. docs/bench/masks.json)")
     a = p.parse_args()
-    bench_settings(a.realmasks.resolve(), a.settings_every)
+    table = bench_settings(a.realmasks.resolve(), a.settings_every)
+    if a.json and table:
+        Path(a.json).write_text(json.dumps({"command": "python bench/masks.py " + " ".join(sys.argv[1:]),
+                                            "settings": table}, indent=1) + "\n")
     if a.only_settings:
         return
     if not a.skip_speed:
