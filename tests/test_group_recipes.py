@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from bgbias.audit.groups import group_accuracy
+from bgbias.core.seeding import torch_generator
 from bgbias.models.checkpoint import load_checkpoint
 from bgbias.models.nets import create_arch
 from bgbias.train.config import RECIPES, TrainConfig
@@ -156,19 +157,80 @@ def test_group_dro_draws_batches_group_balanced(data):
     rows = torch.arange(len(train_data.labels))
     hooks = RECIPES.create("group_dro").hooks("main", cfg, train_data, None, {"train_rows": rows})
     gid, names = group_index(cfg, train_data)
-    counts = torch.bincount(gid[hooks.rows], minlength=len(names))
-    assert len(hooks.rows) == len(rows) and int(counts.max() - counts.min()) <= 1
-    assert set(hooks.rows.tolist()) <= set(rows.tolist())
+    drawn = hooks.rows_for_epoch(0, torch_generator(1, "rows", "main", 0))
+    counts = torch.bincount(gid[drawn], minlength=len(names))
+    assert len(drawn) == len(rows) and int(counts.max() - counts.min()) <= 1
+    assert set(drawn.tolist()) <= set(rows.tolist())
     small = int(torch.bincount(gid).argmin())
-    assert set(rows[gid == small].tolist()) <= set(hooks.rows.tolist())      # every small-group image is drawn
+    assert set(rows[gid == small].tolist()) <= set(drawn.tolist())      # every small-group image is drawn
+
+
+def test_group_dro_redraws_its_resample_every_epoch(data):
+    """Sagawa et al.'s sampler redraws each epoch: a large group shows other images in the next epoch (issue 16: a
+    resample drawn once showed the majority groups the same ~24% of their images every epoch)."""
+    train_data, _ = data
+    cfg = TrainConfig(recipe="group_dro", data="shortcut", seed=1)
+    rows = torch.arange(len(train_data.labels))
+    hooks = RECIPES.create("group_dro").hooks("main", cfg, train_data, None, {"train_rows": rows})
+    gid, _ = group_index(cfg, train_data)
+    epochs = [hooks.rows_for_epoch(e, torch_generator(1, "rows", "main", e)) for e in range(3)]
+    for r in epochs:
+        counts = torch.bincount(gid[r])
+        assert len(r) == len(rows) and int(counts.max() - counts.min()) <= 1
+    assert not torch.equal(epochs[0], epochs[1]) and not torch.equal(epochs[1], epochs[2])
+    big = int(torch.bincount(gid).argmax())
+    once = set(epochs[0][gid[epochs[0]] == big].tolist())
+    assert len(set().union(*(set(r[gid[r] == big].tolist()) for r in epochs))) > 1.5 * len(once)
+    again = hooks.rows_for_epoch(1, torch_generator(1, "rows", "main", 1))
+    assert torch.equal(again, epochs[1])                                    # a generator's draw, nothing else
+
+
+class _RecordingDRO(GroupDROLoss):
+    seen: list = []
+
+    def __call__(self, logits, y, rows):
+        _RecordingDRO.seen.append((rows.clone(), self.gid[rows]))      # rows of the training split, their groups
+        return super().__call__(logits, y, rows)
+
+
+def test_loop_trains_group_dro_on_each_epochs_resample_and_is_exact(data, tmp_path, monkeypatch):
+    """The loop asks the phase for each epoch's rows: the batches of epoch 2 are another group-balanced draw than
+    epoch 1's; the same seed gives byte-identical weights and history, and a resumed run ends where a whole one does."""
+    import bgbias.train.group_recipes as gr
+
+    monkeypatch.setattr(gr, "GroupDROLoss", _RecordingDRO)
+    train_data, _ = data
+    _RecordingDRO.seen = []
+    m = _fit("group_dro", train_data, tmp_path / "a")
+    steps = len(_RecordingDRO.seen) // 2
+    per_epoch = []
+    for seen in (_RecordingDRO.seen[:steps], _RecordingDRO.seen[steps:]):
+        counts = torch.bincount(torch.cat([g for _, g in seen]))
+        assert len(counts) == 4 and int(counts.max() - counts.min()) <= 1
+        per_epoch.append(torch.cat([r for r, _ in seen]).sort().values)
+    assert len(per_epoch[0]) == len(per_epoch[1]) and not torch.equal(per_epoch[0], per_epoch[1])
+    assert m["phases"]["main"]["resampled"] == "every epoch"
+    _fit("group_dro", train_data, tmp_path / "b")
+    a, b = (load_checkpoint(tmp_path / p / "model.pt")["state_dict"] for p in "ab")
+    assert all(a[k].numpy().tobytes() == b[k].numpy().tobytes() for k in a)          # byte-identical weights
+    hist = [{k: v for k, v in h.items() if k != "seconds"} for h in m["history"]]
+    again = json.loads((tmp_path / "b" / "metrics.json").read_text())["history"]
+    assert hist == [{k: v for k, v in h.items() if k != "seconds"} for h in again]
+    cfg = dict(recipe="group_dro", data="shortcut", epochs=2, batch_size=32, lr=3e-3, val_fraction=0.3, seed=1,
+               jtt_epochs=1, min_steps=0)
+    res = str(tmp_path / "res")
+    assert train(TrainConfig(**cfg, out=res), progress=False, data=train_data, stop_after=1)["stopped"]
+    train(TrainConfig(**cfg, out=res, resume=True), progress=False, data=train_data)
+    full, resumed = (load_checkpoint(p / "model.pt")["state_dict"] for p in (tmp_path / "a", tmp_path / "res"))
+    assert all(torch.equal(full[k], resumed[k]) for k in full)
 
 
 def test_group_balanced_rows_cycle_small_groups_and_cut_large_ones():
     gid = torch.tensor([0] * 50 + [1] * 3 + [2] * 20)
-    rows = group_balanced_rows(torch.arange(73), gid, 31, 0, "t")
+    rows = group_balanced_rows(torch.arange(73), gid, 31, torch_generator(0, "t"))
     assert torch.bincount(gid[rows]).tolist() == [11, 10, 10]
     assert torch.bincount(rows[gid[rows] == 1]).tolist()[50:] in ([4, 3, 3], [3, 4, 3], [3, 3, 4])
-    assert torch.equal(rows, group_balanced_rows(torch.arange(73), gid, 31, 0, "t"))
+    assert torch.equal(rows, group_balanced_rows(torch.arange(73), gid, 31, torch_generator(0, "t")))
 
 
 def test_l1_logistic_meets_its_optimality_conditions():

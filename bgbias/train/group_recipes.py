@@ -53,9 +53,9 @@ def balanced_rows(rows: torch.Tensor, gid: torch.Tensor, seed: int, *tag: Any) -
     return torch.cat(keep).sort().values
 
 
-def group_balanced_rows(rows: torch.Tensor, gid: torch.Tensor, total: int, seed: int, *tag: Any) -> torch.Tensor:
+def group_balanced_rows(rows: torch.Tensor, gid: torch.Tensor, total: int, generator: torch.Generator) -> torch.Tensor:
     """``total`` rows with every group present in ``rows`` equally often (sizes differ by at most one): each group's
-    members in a seeded order, cycled when the group is small, cut when it is large; sorted.
+    members in a random order from ``generator``, cycled when the group is small, cut when it is large; sorted.
 
     Sagawa et al.'s Algorithm 1 samples a group uniformly, then a sample of it; with the training mix a group of 2
     images in 1600 is in one batch of 30 and its weight ``q_g`` barely moves (issue 16).
@@ -66,7 +66,7 @@ def group_balanced_rows(rows: torch.Tensor, gid: torch.Tensor, total: int, seed:
     keep = []
     for j, k in enumerate(present):
         mine = rows[g == k]
-        mine = mine[torch.randperm(len(mine), generator=torch_generator(seed, "group_balance", k, *tag))]
+        mine = mine[torch.randperm(len(mine), generator=generator)]
         keep.append(mine.repeat(-(-(share + (j < extra)) // len(mine)))[:share + (j < extra)])
     return torch.cat(keep).sort().values
 
@@ -100,11 +100,16 @@ class GroupDROLoss:
 def _group_dro() -> Recipe:
     def hooks(phase, cfg, data, model, ctx):
         gid, names = group_index(cfg, data)
-        # Algorithm 1 draws groups uniformly: batches from a group-balanced resample, as many rows as ERM's epoch
-        rows = group_balanced_rows(ctx["train_rows"], gid, len(ctx["train_rows"]), cfg.seed, "group_dro")
-        return PhaseHooks(rows=rows, loss=GroupDROLoss(gid, len(names), cfg.dro_eta), keep_best=True,
-                          optim={"weight_decay": max(cfg.weight_decay, cfg.dro_weight_decay)},
-                          info={"groups": len(names), "rows": len(rows)})
+        # Algorithm 1 draws groups uniformly: batches from a group-balanced resample of ERM's epoch size, redrawn
+        # every epoch (as the paper's sampler is) so that a large group shows other images each epoch
+        train_rows = ctx["train_rows"]
+
+        def rows_for_epoch(epoch: int, generator: torch.Generator) -> torch.Tensor:
+            return group_balanced_rows(train_rows, gid, len(train_rows), generator)
+
+        return PhaseHooks(rows_for_epoch=rows_for_epoch, loss=GroupDROLoss(gid, len(names), cfg.dro_eta),
+                          keep_best=True, optim={"weight_decay": max(cfg.weight_decay, cfg.dro_weight_decay)},
+                          info={"groups": len(names), "rows": len(train_rows), "resampled": "every epoch"})
 
     return Recipe(hooks=hooks)
 
