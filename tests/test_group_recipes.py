@@ -10,7 +10,7 @@ import torch
 
 from bgbias.audit.groups import group_accuracy
 from bgbias.core.seeding import torch_generator
-from bgbias.models.checkpoint import load_checkpoint
+from bgbias.models.checkpoint import load_checkpoint, save_checkpoint
 from bgbias.models.nets import create_arch
 from bgbias.train.config import RECIPES, TrainConfig
 from bgbias.train.data import TrainData
@@ -46,7 +46,7 @@ def data():
 
 def _fit(recipe: str, train_data: TrainData, out, **kw) -> dict:
     cfg = TrainConfig(recipe=recipe, data="shortcut", out=str(out), epochs=2, batch_size=32, lr=3e-3,
-                      val_fraction=0.3, seed=1, jtt_epochs=1, dfr_epochs=2, min_steps=0, **kw)
+                      val_fraction=0.3, seed=1, jtt_epochs=1, min_steps=0, **kw)
     return train(cfg, progress=False, data=train_data)
 
 
@@ -102,8 +102,8 @@ def test_recipes_are_registered_and_need_groups(data, tmp_path):
         with pytest.raises(ValueError, match=f"Recipe '{recipe}' needs group labels"):
             _fit(recipe, no_groups, tmp_path / recipe)
     with pytest.raises(ValueError, match="give --val-fraction > 0"):
-        train(TrainConfig(recipe="dfr", data="s", out=str(tmp_path / "d"), epochs=1, val_fraction=0.0,
-                          dfr_epochs=1), progress=False, data=train_data)
+        train(TrainConfig(recipe="dfr", data="s", out=str(tmp_path / "d"), epochs=1, val_fraction=0.0),
+              progress=False, data=train_data)
 
 
 def test_group_dro_weights_follow_the_worst_group():
@@ -132,21 +132,27 @@ def test_balanced_rows_are_balanced_and_seeded():
 
 
 def test_dfr_changes_only_the_last_layer_and_resume_is_exact(data, tmp_path):
+    """The last layer is one convex fit after ERM (no loop epochs); a run stopped inside ERM resumes to the same head,
+    and a checkpoint recording the retired ``dfr_epochs`` still resumes."""
     train_data, _ = data
     small = train_data.take(torch.arange(400))
     cfg = dict(recipe="dfr", data="shortcut", epochs=2, batch_size=32, lr=3e-3, val_fraction=0.3, seed=1, min_steps=0,
-               jtt_epochs=1, dfr_epochs=2)
-    _fit("dfr", small, tmp_path / "dfr")
+               jtt_epochs=1)
+    m = _fit("dfr", small, tmp_path / "dfr")
+    assert [h["phase"] for h in m["history"]] == ["erm", "erm"] and m["phases"]["last_layer"]["c"] in DFR_C
     full = load_checkpoint(tmp_path / "dfr" / "model.pt")["state_dict"]
-    # stopped after the ERM phase, then inside the last-layer phase, then resumed to the end
     res = str(tmp_path / "res")
-    assert train(TrainConfig(**cfg, out=res), progress=False, data=small, stop_after=2)["stopped"]
-    erm = load_checkpoint(tmp_path / "res" / "last.pt")["state_dict"]
+    assert train(TrainConfig(**cfg, out=res), progress=False, data=small, stop_after=1)["stopped"]
+    last = tmp_path / "res" / "last.pt"
+    ckpt = load_checkpoint(last)                     # an older run's checkpoint: its config records dfr_epochs
+    save_checkpoint(last, ckpt["state_dict"], {**ckpt["meta"], "config": {**ckpt["meta"]["config"], "dfr_epochs": 2}},
+                    ckpt["extra"])
     assert train(TrainConfig(**cfg, out=res, resume=True), progress=False, data=small, stop_after=1)["stopped"]
+    erm = load_checkpoint(last)["state_dict"]         # the end of the ERM phase
     train(TrainConfig(**cfg, out=res, resume=True), progress=False, data=small)
     resumed = load_checkpoint(tmp_path / "res" / "model.pt")["state_dict"]
     assert all(torch.equal(full[k], resumed[k]) for k in full)
-    changed = sorted(k for k in erm if not torch.equal(erm[k], full[k]))
+    changed = sorted(k for k in full if not torch.equal(erm[k], full[k]))
     assert changed == ["classifier.bias", "classifier.weight"]      # BatchNorm statistics included: frozen
 
 

@@ -4,6 +4,7 @@ Group labels (``"<class>|<background>"`` per sample) come from the build's manif
 (:attr:`TrainData.groups`: the spurious family, or the background's class for mixed variants).
 
 - ``group_dro`` (Sagawa et al. 2020): batches drawn group-balanced (their Algorithm 1 samples the group first),
+  from a resample redrawn every epoch (``PhaseHooks.rows_for_epoch``),
   online weights ``q_g <- q_g exp(eta L_g)``, loss ``sum_g q_g L_g``,
   with the strong L2 (``--dro-weight-decay``) and early stopping on validation worst-group accuracy the
   paper finds it needs;
@@ -11,7 +12,7 @@ Group labels (``"<class>|<background>"`` per sample) come from the build's manif
   retrain from the same initialisation with each error repeated ``--jtt-up`` times;
 - ``dfr`` (Kirichenko et al. 2023): ERM, then the last layer refitted as the paper does: L1 logistic regression on
   the standardised embeddings of the held-out rows (C picked on two halves), averaged over random group-balanced
-  subsets, with the rest of the network frozen (BatchNorm statistics included);
+  subsets, with the rest of the network frozen (BatchNorm statistics included); a convex fit, no loop epochs;
 - ``reweight``: each sample's loss weighted by 1 / its group's training count;
 - ``subsample``: every group cut down to the smallest group's training count (SUBG), passed over
   repeatedly so that an epoch has as many steps as ERM's.
@@ -245,33 +246,19 @@ def _dfr() -> Recipe:
         if val is None or len(val.labels) == 0:
             raise ValueError("Recipe 'dfr' retrains the last layer on held-out rows; give --val-fraction > 0 "
                              "(or a build with a val split).")
-        saved = ctx.get("phase_state")
         head = last_linear(model)
         gid, _ = group_index(cfg, val)
-        if saved is not None:                    # resuming inside the phase: the fitted head is in last.pt
-            rows, info = saved["rows"], dict(saved["info"])
-        else:
-            x = penultimate(model, head, val, ctx)
-            weight, bias, info = dfr_fit(x, val.labels, gid, len(data.classes), cfg.seed)
-            with torch.no_grad():
-                head.weight.copy_(weight.to(head.weight))
-                head.bias.copy_(bias.to(head.bias))
-            rows = balanced_rows(torch.arange(len(val.labels)), gid, cfg.seed, "dfr", "final", 0)
-            info["held_out"] = len(val.labels)
-        for p in model.parameters():
-            p.requires_grad_(False)
-        for p in head.parameters():
-            p.requires_grad_(True)
+        x = penultimate(model, head, val, ctx)
+        weight, bias, info = dfr_fit(x, val.labels, gid, len(data.classes), cfg.seed)
+        with torch.no_grad():
+            head.weight.copy_(weight.to(head.weight))
+            head.bias.copy_(bias.to(head.bias))
+        info["held_out"] = len(val.labels)
+        return PhaseHooks(info=info)
 
-        def train_mode(m: nn.Module) -> None:
-            m.eval()                              # frozen features: BatchNorm keeps its ERM statistics
-
-        # the head is fitted above; the loop's --dfr-epochs over the balanced rows run at learning rate 0 and only
-        # score it (validation accuracies, checkpoints)
-        return PhaseHooks(rows=rows, data=val, train_mode=train_mode, optim={"lr": 0.0, "weight_decay": 0.0},
-                          info=info)
-
-    return Recipe(phases=lambda cfg: [("erm", cfg.epochs), ("last_layer", cfg.dfr_epochs)], hooks=hooks)
+    # the last layer is a convex fit at the phase's start (the rest frozen: BatchNorm statistics included, since no
+    # batch passes in train mode); the phase has no loop epochs, the run's final validation scores the refitted head
+    return Recipe(phases=lambda cfg: [("erm", cfg.epochs), ("last_layer", 0)], hooks=hooks)
 
 
 # ------------------------------------------------------------------------------------------- balancing

@@ -34,7 +34,7 @@ from bgbias.core.seeding import derive_seed, torch_generator
 from bgbias.models.checkpoint import load_checkpoint, load_state_dict_file, save_checkpoint
 from bgbias.models.nets import ARCHS, create_arch
 from bgbias.models.load import IMAGENET_MEAN, IMAGENET_STD, normalize
-from bgbias.train.config import OPTIMIZERS, SCHEDULES, TrainConfig
+from bgbias.train.config import OPTIMIZERS, RETIRED_FIELDS, SCHEDULES, TrainConfig
 from bgbias.train.data import TrainData, is_build_dir, load_data, load_train_val, split_rows
 from bgbias.train.recipes import RECIPES, Augment, PhaseHooks, Recipe
 
@@ -267,7 +267,7 @@ def _train(cfg: TrainConfig, progress: bool, stop_after: int | None, data: Train
     last = out / "last.pt"
     if cfg.resume and last.is_file():
         ckpt = load_checkpoint(last)
-        free = ("device", "out", "resume")
+        free = ("device", "out", "resume", *RETIRED_FIELDS)
         old = {k: v for k, v in ckpt["meta"]["config"].items() if k not in free}
         new = {k: v for k, v in config.items() if k not in free}
         if old != new:
