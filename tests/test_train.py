@@ -155,3 +155,16 @@ def test_cli_train_passes_adversarial_options(tmp_path, capsys, monkeypatch):
     assert main(["train", "--recipe", "adversarial", "--data", "digits:16", "--out", str(tmp_path / "b"), "--quiet",
                  "--gen-every", "0"]) == 2
     assert "--gen-every >= 1" in capsys.readouterr().err
+
+
+def test_cli_dfr_epochs_is_retired_with_a_warning(tmp_path, capsys, monkeypatch):
+    """``--dfr-epochs`` only re-scored DFR's refitted head at learning rate 0: old command lines still run, warned."""
+    import bgbias.train.loop as loop
+    from bgbias.cli import main
+
+    seen = {}
+    monkeypatch.setattr(loop, "train", lambda cfg, progress=True: seen.setdefault("cfg", cfg) and {"final": {}})
+    assert main(["train", "--recipe", "dfr", "--data", "digits:16", "--out", str(tmp_path / "d"), "--quiet",
+                 "--dfr-epochs", "3"]) == 0
+    assert "--dfr-epochs is retired and ignored" in capsys.readouterr().err
+    assert not hasattr(seen["cfg"], "dfr_epochs")
