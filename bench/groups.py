@@ -84,13 +84,10 @@ def builds(name: str, args) -> tuple[Path, Path]:
 def run_method(method: str, tr: Path, te: Path, run: Path, args) -> dict:
     t0 = time.time()
     cfg = TrainConfig(recipe=method, data=str(tr), out=str(run), arch=ARCH, epochs=args.epochs, batch_size=64,
-                      lr=3e-3, seed=args.seed, mask_epochs=1, jtt_epochs=1, jtt_up=args.jtt_up, dro_eta=args.dro_eta,
-                      dfr_epochs=1)
+                      lr=3e-3, seed=args.seed, mask_epochs=1, jtt_epochs=1, jtt_up=args.jtt_up, dro_eta=args.dro_eta)
     metrics = train(cfg, progress=False)
     steps = 0   # the budget actually spent: optimiser steps (rows per epoch differ by recipe); DFR's head is a
-    for h in metrics["history"]:   # separate convex fit, its loop phase runs at learning rate 0: not counted
-        if h["phase"] == "last_layer":
-            continue
+    for h in metrics["history"]:   # separate convex fit with no loop epochs: not counted
         plan, info = metrics["steps"][h["phase"]], (metrics.get("phases") or {}).get(h["phase"], {})
         steps += plan["passes_per_epoch"] * -(-info.get("rows", metrics["n_train"]) // plan["batch_size"])
     spec = f"checkpoint:{run / 'model.pt'}"

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from bgbias.audit.groups import group_accuracy
-from bgbias.models.checkpoint import load_checkpoint
+from bgbias.core.seeding import torch_generator
+from bgbias.models.checkpoint import load_checkpoint, save_checkpoint
 from bgbias.models.nets import create_arch
 from bgbias.train.config import RECIPES, TrainConfig
 from bgbias.train.data import TrainData
@@ -45,7 +46,7 @@ def data():
 
 def _fit(recipe: str, train_data: TrainData, out, **kw) -> dict:
     cfg = TrainConfig(recipe=recipe, data="shortcut", out=str(out), epochs=2, batch_size=32, lr=3e-3,
-                      val_fraction=0.3, seed=1, jtt_epochs=1, dfr_epochs=2, min_steps=0, **kw)
+                      val_fraction=0.3, seed=1, jtt_epochs=1, min_steps=0, **kw)
     return train(cfg, progress=False, data=train_data)
 
 
@@ -101,8 +102,8 @@ def test_recipes_are_registered_and_need_groups(data, tmp_path):
         with pytest.raises(ValueError, match=f"Recipe '{recipe}' needs group labels"):
             _fit(recipe, no_groups, tmp_path / recipe)
     with pytest.raises(ValueError, match="give --val-fraction > 0"):
-        train(TrainConfig(recipe="dfr", data="s", out=str(tmp_path / "d"), epochs=1, val_fraction=0.0,
-                          dfr_epochs=1), progress=False, data=train_data)
+        train(TrainConfig(recipe="dfr", data="s", out=str(tmp_path / "d"), epochs=1, val_fraction=0.0),
+              progress=False, data=train_data)
 
 
 def test_group_dro_weights_follow_the_worst_group():
@@ -131,21 +132,27 @@ def test_balanced_rows_are_balanced_and_seeded():
 
 
 def test_dfr_changes_only_the_last_layer_and_resume_is_exact(data, tmp_path):
+    """The last layer is one convex fit after ERM (no loop epochs); a run stopped inside ERM resumes to the same head,
+    and a checkpoint recording the retired ``dfr_epochs`` still resumes."""
     train_data, _ = data
     small = train_data.take(torch.arange(400))
     cfg = dict(recipe="dfr", data="shortcut", epochs=2, batch_size=32, lr=3e-3, val_fraction=0.3, seed=1, min_steps=0,
-               jtt_epochs=1, dfr_epochs=2)
-    _fit("dfr", small, tmp_path / "dfr")
+               jtt_epochs=1)
+    m = _fit("dfr", small, tmp_path / "dfr")
+    assert [h["phase"] for h in m["history"]] == ["erm", "erm"] and m["phases"]["last_layer"]["c"] in DFR_C
     full = load_checkpoint(tmp_path / "dfr" / "model.pt")["state_dict"]
-    # stopped after the ERM phase, then inside the last-layer phase, then resumed to the end
     res = str(tmp_path / "res")
-    assert train(TrainConfig(**cfg, out=res), progress=False, data=small, stop_after=2)["stopped"]
-    erm = load_checkpoint(tmp_path / "res" / "last.pt")["state_dict"]
+    assert train(TrainConfig(**cfg, out=res), progress=False, data=small, stop_after=1)["stopped"]
+    last = tmp_path / "res" / "last.pt"
+    ckpt = load_checkpoint(last)                     # an older run's checkpoint: its config records dfr_epochs
+    save_checkpoint(last, ckpt["state_dict"], {**ckpt["meta"], "config": {**ckpt["meta"]["config"], "dfr_epochs": 2}},
+                    ckpt["extra"])
     assert train(TrainConfig(**cfg, out=res, resume=True), progress=False, data=small, stop_after=1)["stopped"]
+    erm = load_checkpoint(last)["state_dict"]         # the end of the ERM phase
     train(TrainConfig(**cfg, out=res, resume=True), progress=False, data=small)
     resumed = load_checkpoint(tmp_path / "res" / "model.pt")["state_dict"]
     assert all(torch.equal(full[k], resumed[k]) for k in full)
-    changed = sorted(k for k in erm if not torch.equal(erm[k], full[k]))
+    changed = sorted(k for k in full if not torch.equal(erm[k], full[k]))
     assert changed == ["classifier.bias", "classifier.weight"]      # BatchNorm statistics included: frozen
 
 
@@ -156,19 +163,80 @@ def test_group_dro_draws_batches_group_balanced(data):
     rows = torch.arange(len(train_data.labels))
     hooks = RECIPES.create("group_dro").hooks("main", cfg, train_data, None, {"train_rows": rows})
     gid, names = group_index(cfg, train_data)
-    counts = torch.bincount(gid[hooks.rows], minlength=len(names))
-    assert len(hooks.rows) == len(rows) and int(counts.max() - counts.min()) <= 1
-    assert set(hooks.rows.tolist()) <= set(rows.tolist())
+    drawn = hooks.rows_for_epoch(0, torch_generator(1, "rows", "main", 0))
+    counts = torch.bincount(gid[drawn], minlength=len(names))
+    assert len(drawn) == len(rows) and int(counts.max() - counts.min()) <= 1
+    assert set(drawn.tolist()) <= set(rows.tolist())
     small = int(torch.bincount(gid).argmin())
-    assert set(rows[gid == small].tolist()) <= set(hooks.rows.tolist())      # every small-group image is drawn
+    assert set(rows[gid == small].tolist()) <= set(drawn.tolist())      # every small-group image is drawn
+
+
+def test_group_dro_redraws_its_resample_every_epoch(data):
+    """Sagawa et al.'s sampler redraws each epoch: a large group shows other images in the next epoch (issue 16: a
+    resample drawn once showed the majority groups the same ~24% of their images every epoch)."""
+    train_data, _ = data
+    cfg = TrainConfig(recipe="group_dro", data="shortcut", seed=1)
+    rows = torch.arange(len(train_data.labels))
+    hooks = RECIPES.create("group_dro").hooks("main", cfg, train_data, None, {"train_rows": rows})
+    gid, _ = group_index(cfg, train_data)
+    epochs = [hooks.rows_for_epoch(e, torch_generator(1, "rows", "main", e)) for e in range(3)]
+    for r in epochs:
+        counts = torch.bincount(gid[r])
+        assert len(r) == len(rows) and int(counts.max() - counts.min()) <= 1
+    assert not torch.equal(epochs[0], epochs[1]) and not torch.equal(epochs[1], epochs[2])
+    big = int(torch.bincount(gid).argmax())
+    once = set(epochs[0][gid[epochs[0]] == big].tolist())
+    assert len(set().union(*(set(r[gid[r] == big].tolist()) for r in epochs))) > 1.5 * len(once)
+    again = hooks.rows_for_epoch(1, torch_generator(1, "rows", "main", 1))
+    assert torch.equal(again, epochs[1])                                    # a generator's draw, nothing else
+
+
+class _RecordingDRO(GroupDROLoss):
+    seen: list = []
+
+    def __call__(self, logits, y, rows):
+        _RecordingDRO.seen.append((rows.clone(), self.gid[rows]))      # rows of the training split, their groups
+        return super().__call__(logits, y, rows)
+
+
+def test_loop_trains_group_dro_on_each_epochs_resample_and_is_exact(data, tmp_path, monkeypatch):
+    """The loop asks the phase for each epoch's rows: the batches of epoch 2 are another group-balanced draw than
+    epoch 1's; the same seed gives byte-identical weights and history, and a resumed run ends where a whole one does."""
+    import bgbias.train.group_recipes as gr
+
+    monkeypatch.setattr(gr, "GroupDROLoss", _RecordingDRO)
+    train_data, _ = data
+    _RecordingDRO.seen = []
+    m = _fit("group_dro", train_data, tmp_path / "a")
+    steps = len(_RecordingDRO.seen) // 2
+    per_epoch = []
+    for seen in (_RecordingDRO.seen[:steps], _RecordingDRO.seen[steps:]):
+        counts = torch.bincount(torch.cat([g for _, g in seen]))
+        assert len(counts) == 4 and int(counts.max() - counts.min()) <= 1
+        per_epoch.append(torch.cat([r for r, _ in seen]).sort().values)
+    assert len(per_epoch[0]) == len(per_epoch[1]) and not torch.equal(per_epoch[0], per_epoch[1])
+    assert m["phases"]["main"]["resampled"] == "every epoch"
+    _fit("group_dro", train_data, tmp_path / "b")
+    a, b = (load_checkpoint(tmp_path / p / "model.pt")["state_dict"] for p in "ab")
+    assert all(a[k].numpy().tobytes() == b[k].numpy().tobytes() for k in a)          # byte-identical weights
+    hist = [{k: v for k, v in h.items() if k != "seconds"} for h in m["history"]]
+    again = json.loads((tmp_path / "b" / "metrics.json").read_text())["history"]
+    assert hist == [{k: v for k, v in h.items() if k != "seconds"} for h in again]
+    cfg = dict(recipe="group_dro", data="shortcut", epochs=2, batch_size=32, lr=3e-3, val_fraction=0.3, seed=1,
+               jtt_epochs=1, min_steps=0)
+    res = str(tmp_path / "res")
+    assert train(TrainConfig(**cfg, out=res), progress=False, data=train_data, stop_after=1)["stopped"]
+    train(TrainConfig(**cfg, out=res, resume=True), progress=False, data=train_data)
+    full, resumed = (load_checkpoint(p / "model.pt")["state_dict"] for p in (tmp_path / "a", tmp_path / "res"))
+    assert all(torch.equal(full[k], resumed[k]) for k in full)
 
 
 def test_group_balanced_rows_cycle_small_groups_and_cut_large_ones():
     gid = torch.tensor([0] * 50 + [1] * 3 + [2] * 20)
-    rows = group_balanced_rows(torch.arange(73), gid, 31, 0, "t")
+    rows = group_balanced_rows(torch.arange(73), gid, 31, torch_generator(0, "t"))
     assert torch.bincount(gid[rows]).tolist() == [11, 10, 10]
     assert torch.bincount(rows[gid[rows] == 1]).tolist()[50:] in ([4, 3, 3], [3, 4, 3], [3, 3, 4])
-    assert torch.equal(rows, group_balanced_rows(torch.arange(73), gid, 31, 0, "t"))
+    assert torch.equal(rows, group_balanced_rows(torch.arange(73), gid, 31, torch_generator(0, "t")))
 
 
 def test_l1_logistic_meets_its_optimality_conditions():

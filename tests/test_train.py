@@ -155,3 +155,33 @@ def test_cli_train_passes_adversarial_options(tmp_path, capsys, monkeypatch):
     assert main(["train", "--recipe", "adversarial", "--data", "digits:16", "--out", str(tmp_path / "b"), "--quiet",
                  "--gen-every", "0"]) == 2
     assert "--gen-every >= 1" in capsys.readouterr().err
+
+
+def test_cli_dfr_epochs_is_retired_with_a_warning(tmp_path, capsys, monkeypatch):
+    """``--dfr-epochs`` only re-scored DFR's refitted head at learning rate 0: old command lines still run, warned."""
+    import bgbias.train.loop as loop
+    from bgbias.cli import main
+
+    seen = {}
+    monkeypatch.setattr(loop, "train", lambda cfg, progress=True: seen.setdefault("cfg", cfg) and {"final": {}})
+    assert main(["train", "--recipe", "dfr", "--data", "digits:16", "--out", str(tmp_path / "d"), "--quiet",
+                 "--dfr-epochs", "3"]) == 0
+    assert "--dfr-epochs is retired and ignored" in capsys.readouterr().err
+    assert not hasattr(seen["cfg"], "dfr_epochs")
+
+
+def test_epoch_rows_come_from_the_phase_and_keep_their_count():
+    """``PhaseHooks.rows_for_epoch`` gives each epoch's rows from a generator keyed by (seed, phase, epoch); an epoch
+    with another row count than epoch 0 is one clear error (the LR schedule was planned for epoch 0's)."""
+    from bgbias.train.loop import epoch_rows
+    from bgbias.train.recipes import PhaseHooks
+
+    cfg = TrainConfig(seed=3)
+    draw = PhaseHooks(rows_for_epoch=lambda e, g: torch.randperm(10, generator=g)[:6])
+    r0, r1 = epoch_rows(draw, cfg, "main", 0, torch.arange(10)), epoch_rows(draw, cfg, "main", 1, torch.arange(6))
+    assert torch.equal(r0, torch.randperm(10, generator=torch_generator(3, "rows", "main", 0))[:6])
+    assert torch.equal(r1, torch.randperm(10, generator=torch_generator(3, "rows", "main", 1))[:6])
+    assert torch.equal(epoch_rows(PhaseHooks(), cfg, "main", 2, r1), r1)
+    grows = PhaseHooks(rows_for_epoch=lambda e, g: torch.arange(5 + e))
+    with pytest.raises(ValueError, match="drew 6 rows for main epoch 2 but 5 before"):
+        epoch_rows(grows, cfg, "main", 1, epoch_rows(grows, cfg, "main", 0, torch.arange(9)))

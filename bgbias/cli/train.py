@@ -23,6 +23,9 @@ def train_command(args: argparse.Namespace) -> int:
 
     args.arch = registry_type(ARCHS)(args.arch) if args.arch else TrainConfig().arch
 
+    if getattr(args, "dfr_epochs", None) is not None:
+        print("bgbias: warning: --dfr-epochs is retired and ignored: DFR refits the last layer by a convex fit after "
+              "the --epochs of ERM, with no loop epochs of its own.", file=sys.stderr)
     families = tuple(f.strip() for f in args.families.split(",") if f.strip())
     size = args.size
     fields = {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__
@@ -68,7 +71,9 @@ def register(sub) -> None:
     p.add_argument("--min-steps", type=int, default=d.min_steps,
                    help="at least this many optimiser steps: small sets get smaller batches (down to 16) and "
                         "several passes per epoch (0 = off)")
-    p.add_argument("--epochs", type=int, default=d.epochs, help="training epochs")
+    p.add_argument("--epochs", type=int, default=d.epochs,
+                   help="training epochs (dfr: the ERM epochs; its last layer is then refitted once by L1 logistic "
+                        "regression on the group-balanced held-out rows, a convex fit with no epochs of its own)")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="images per optimizer step")
     p.add_argument("--lr", type=float, default=d.lr, help="peak learning rate")
     p.add_argument("--optimizer", default=d.optimizer, choices=OPTIMIZERS, help="optimizer")
@@ -110,9 +115,7 @@ def register(sub) -> None:
                    help=f"jtt: epochs of the identification model (default {d.jtt_epochs})")
     p.add_argument("--jtt-up", type=int, default=d.jtt_up,
                    help=f"jtt: each training error appears this many times when retraining (default {d.jtt_up})")
-    p.add_argument("--dfr-epochs", type=int, default=d.dfr_epochs,
-                   help=f"dfr: loop epochs (at learning rate 0) scoring the last layer refitted by L1 logistic "
-                        f"regression on the group-balanced held-out rows (default {d.dfr_epochs})")
+    p.add_argument("--dfr-epochs", type=int, help=argparse.SUPPRESS)   # retired: warned about and ignored
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     add_run_flags(p)
     p.set_defaults(func=train_command)

@@ -15,6 +15,11 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("cosine", "step", "none")
 
 
+# Fields older runs recorded that no longer change a run: a checkpoint holding them still resumes.
+# dfr_epochs: loop epochs at learning rate 0 after DFR's convex refit of the head; they only re-scored it.
+RETIRED_FIELDS = ("dfr_epochs",)
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything a run depends on; saved into ``model.pt``, ``last.pt`` and ``metrics.json``."""
@@ -54,7 +59,6 @@ class TrainConfig:
     dro_weight_decay: float = 0.1                # group_dro: the strong L2 the paper needs (plus early stopping)
     jtt_epochs: int = 1                          # jtt: epochs of the identification model
     jtt_up: int = 20                             # jtt: lambda_up, each error repeated this often (paper: 50-100, images)
-    dfr_epochs: int = 1                          # dfr: epochs scoring the refitted last layer (the fit is convex)
 
     def validate(self) -> "TrainConfig":
         if self.recipe not in RECIPES:
@@ -81,11 +85,9 @@ class TrainConfig:
         if not 0.0 <= self.clean_fraction <= 1.0 or self.replay < 0:
             raise ValueError(f"--clean-fraction must be in [0, 1] and --replay >= 0, got {self.clean_fraction} "
                              f"and {self.replay}.")
-        if self.dro_eta < 0 or self.dro_weight_decay < 0 or self.jtt_epochs < 1 or self.jtt_up < 1 \
-                or self.dfr_epochs < 1:
-            raise ValueError(f"--dro-eta and --dro-weight-decay must be >= 0, --jtt-epochs, --jtt-up and --dfr-epochs "
-                             f">= 1; got {self.dro_eta}, {self.dro_weight_decay}, {self.jtt_epochs}, {self.jtt_up}, "
-                             f"{self.dfr_epochs}.")
+        if self.dro_eta < 0 or self.dro_weight_decay < 0 or self.jtt_epochs < 1 or self.jtt_up < 1:
+            raise ValueError(f"--dro-eta and --dro-weight-decay must be >= 0, --jtt-epochs and --jtt-up >= 1; got "
+                             f"{self.dro_eta}, {self.dro_weight_decay}, {self.jtt_epochs}, {self.jtt_up}.")
         if not 0.0 <= self.adv_bank <= 1.0 or self.gen_every < 1:
             raise ValueError(f"--adv-bank must be in [0, 1] and --gen-every >= 1, got {self.adv_bank} and "
                              f"{self.gen_every}.")

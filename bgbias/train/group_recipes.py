@@ -4,6 +4,7 @@ Group labels (``"<class>|<background>"`` per sample) come from the build's manif
 (:attr:`TrainData.groups`: the spurious family, or the background's class for mixed variants).
 
 - ``group_dro`` (Sagawa et al. 2020): batches drawn group-balanced (their Algorithm 1 samples the group first),
+  from a resample redrawn every epoch (``PhaseHooks.rows_for_epoch``),
   online weights ``q_g <- q_g exp(eta L_g)``, loss ``sum_g q_g L_g``,
   with the strong L2 (``--dro-weight-decay``) and early stopping on validation worst-group accuracy the
   paper finds it needs;
@@ -11,7 +12,7 @@ Group labels (``"<class>|<background>"`` per sample) come from the build's manif
   retrain from the same initialisation with each error repeated ``--jtt-up`` times;
 - ``dfr`` (Kirichenko et al. 2023): ERM, then the last layer refitted as the paper does: L1 logistic regression on
   the standardised embeddings of the held-out rows (C picked on two halves), averaged over random group-balanced
-  subsets, with the rest of the network frozen (BatchNorm statistics included);
+  subsets, with the rest of the network frozen (BatchNorm statistics included); a convex fit, no loop epochs;
 - ``reweight``: each sample's loss weighted by 1 / its group's training count;
 - ``subsample``: every group cut down to the smallest group's training count (SUBG), passed over
   repeatedly so that an epoch has as many steps as ERM's.
@@ -53,9 +54,9 @@ def balanced_rows(rows: torch.Tensor, gid: torch.Tensor, seed: int, *tag: Any) -
     return torch.cat(keep).sort().values
 
 
-def group_balanced_rows(rows: torch.Tensor, gid: torch.Tensor, total: int, seed: int, *tag: Any) -> torch.Tensor:
+def group_balanced_rows(rows: torch.Tensor, gid: torch.Tensor, total: int, generator: torch.Generator) -> torch.Tensor:
     """``total`` rows with every group present in ``rows`` equally often (sizes differ by at most one): each group's
-    members in a seeded order, cycled when the group is small, cut when it is large; sorted.
+    members in a random order from ``generator``, cycled when the group is small, cut when it is large; sorted.
 
     Sagawa et al.'s Algorithm 1 samples a group uniformly, then a sample of it; with the training mix a group of 2
     images in 1600 is in one batch of 30 and its weight ``q_g`` barely moves (issue 16).
@@ -66,7 +67,7 @@ def group_balanced_rows(rows: torch.Tensor, gid: torch.Tensor, total: int, seed:
     keep = []
     for j, k in enumerate(present):
         mine = rows[g == k]
-        mine = mine[torch.randperm(len(mine), generator=torch_generator(seed, "group_balance", k, *tag))]
+        mine = mine[torch.randperm(len(mine), generator=generator)]
         keep.append(mine.repeat(-(-(share + (j < extra)) // len(mine)))[:share + (j < extra)])
     return torch.cat(keep).sort().values
 
@@ -100,11 +101,16 @@ class GroupDROLoss:
 def _group_dro() -> Recipe:
     def hooks(phase, cfg, data, model, ctx):
         gid, names = group_index(cfg, data)
-        # Algorithm 1 draws groups uniformly: batches from a group-balanced resample, as many rows as ERM's epoch
-        rows = group_balanced_rows(ctx["train_rows"], gid, len(ctx["train_rows"]), cfg.seed, "group_dro")
-        return PhaseHooks(rows=rows, loss=GroupDROLoss(gid, len(names), cfg.dro_eta), keep_best=True,
-                          optim={"weight_decay": max(cfg.weight_decay, cfg.dro_weight_decay)},
-                          info={"groups": len(names), "rows": len(rows)})
+        # Algorithm 1 draws groups uniformly: batches from a group-balanced resample of ERM's epoch size, redrawn
+        # every epoch (as the paper's sampler is) so that a large group shows other images each epoch
+        train_rows = ctx["train_rows"]
+
+        def rows_for_epoch(epoch: int, generator: torch.Generator) -> torch.Tensor:
+            return group_balanced_rows(train_rows, gid, len(train_rows), generator)
+
+        return PhaseHooks(rows_for_epoch=rows_for_epoch, loss=GroupDROLoss(gid, len(names), cfg.dro_eta),
+                          keep_best=True, optim={"weight_decay": max(cfg.weight_decay, cfg.dro_weight_decay)},
+                          info={"groups": len(names), "rows": len(train_rows), "resampled": "every epoch"})
 
     return Recipe(hooks=hooks)
 
@@ -240,33 +246,19 @@ def _dfr() -> Recipe:
         if val is None or len(val.labels) == 0:
             raise ValueError("Recipe 'dfr' retrains the last layer on held-out rows; give --val-fraction > 0 "
                              "(or a build with a val split).")
-        saved = ctx.get("phase_state")
         head = last_linear(model)
         gid, _ = group_index(cfg, val)
-        if saved is not None:                    # resuming inside the phase: the fitted head is in last.pt
-            rows, info = saved["rows"], dict(saved["info"])
-        else:
-            x = penultimate(model, head, val, ctx)
-            weight, bias, info = dfr_fit(x, val.labels, gid, len(data.classes), cfg.seed)
-            with torch.no_grad():
-                head.weight.copy_(weight.to(head.weight))
-                head.bias.copy_(bias.to(head.bias))
-            rows = balanced_rows(torch.arange(len(val.labels)), gid, cfg.seed, "dfr", "final", 0)
-            info["held_out"] = len(val.labels)
-        for p in model.parameters():
-            p.requires_grad_(False)
-        for p in head.parameters():
-            p.requires_grad_(True)
+        x = penultimate(model, head, val, ctx)
+        weight, bias, info = dfr_fit(x, val.labels, gid, len(data.classes), cfg.seed)
+        with torch.no_grad():
+            head.weight.copy_(weight.to(head.weight))
+            head.bias.copy_(bias.to(head.bias))
+        info["held_out"] = len(val.labels)
+        return PhaseHooks(info=info)
 
-        def train_mode(m: nn.Module) -> None:
-            m.eval()                              # frozen features: BatchNorm keeps its ERM statistics
-
-        # the head is fitted above; the loop's --dfr-epochs over the balanced rows run at learning rate 0 and only
-        # score it (validation accuracies, checkpoints)
-        return PhaseHooks(rows=rows, data=val, train_mode=train_mode, optim={"lr": 0.0, "weight_decay": 0.0},
-                          info=info)
-
-    return Recipe(phases=lambda cfg: [("erm", cfg.epochs), ("last_layer", cfg.dfr_epochs)], hooks=hooks)
+    # the last layer is a convex fit at the phase's start (the rest frozen: BatchNorm statistics included, since no
+    # batch passes in train mode); the phase has no loop epochs, the run's final validation scores the refitted head
+    return Recipe(phases=lambda cfg: [("erm", cfg.epochs), ("last_layer", 0)], hooks=hooks)
 
 
 # ------------------------------------------------------------------------------------------- balancing

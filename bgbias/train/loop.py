@@ -34,7 +34,7 @@ from bgbias.core.seeding import derive_seed, torch_generator
 from bgbias.models.checkpoint import load_checkpoint, load_state_dict_file, save_checkpoint
 from bgbias.models.nets import ARCHS, create_arch
 from bgbias.models.load import IMAGENET_MEAN, IMAGENET_STD, normalize
-from bgbias.train.config import OPTIMIZERS, SCHEDULES, TrainConfig
+from bgbias.train.config import OPTIMIZERS, RETIRED_FIELDS, SCHEDULES, TrainConfig
 from bgbias.train.data import TrainData, is_build_dir, load_data, load_train_val, split_rows
 from bgbias.train.recipes import RECIPES, Augment, PhaseHooks, Recipe
 
@@ -204,6 +204,18 @@ def run_epoch(model, opt, sched, data: TrainData, rows: torch.Tensor, cfg: Train
     return {"loss": loss_sum / seen, "train_accuracy": correct / seen, "seconds": round(time.time() - t0, 2)}
 
 
+def epoch_rows(hooks: PhaseHooks, cfg: TrainConfig, phase: str, epoch: int, rows: torch.Tensor) -> torch.Tensor:
+    """The rows an epoch trains on: the phase's ``rows_for_epoch`` draw (seeded by ``(seed, phase, epoch)``, so a
+    resumed run redraws the same), else its fixed ``rows``, else ``rows`` as given (epoch 0: the training rows)."""
+    if hooks.rows_for_epoch is None:
+        return rows if hooks.rows is None else hooks.rows
+    drawn = hooks.rows_for_epoch(epoch, torch_generator(cfg.seed, "rows", phase, epoch))
+    if epoch and len(drawn) != len(rows):
+        raise ValueError(f"Recipe {cfg.recipe!r} drew {len(drawn)} rows for {phase} epoch {epoch + 1} but {len(rows)} "
+                         "before; rows_for_epoch must give every epoch as many rows (the LR schedule is fixed).")
+    return drawn
+
+
 RUN_FILES = ("model.pt", "last.pt", "metrics.json")
 
 
@@ -255,7 +267,7 @@ def _train(cfg: TrainConfig, progress: bool, stop_after: int | None, data: Train
     last = out / "last.pt"
     if cfg.resume and last.is_file():
         ckpt = load_checkpoint(last)
-        free = ("device", "out", "resume")
+        free = ("device", "out", "resume", *RETIRED_FIELDS)
         old = {k: v for k, v in ckpt["meta"]["config"].items() if k not in free}
         new = {k: v for k, v in config.items() if k not in free}
         if old != new:
@@ -280,7 +292,7 @@ def _train(cfg: TrainConfig, progress: bool, stop_after: int | None, data: Train
         ctx["phase_state"] = saved
         augment = recipe.augment(phase, cfg, data, model, ctx)
         hooks = recipe.hooks(phase, cfg, data, model, ctx) or PhaseHooks()
-        rows = train_rows if hooks.rows is None else hooks.rows
+        rows = epoch_rows(hooks, cfg, phase, 0, train_rows)
         phase_data = data if hooks.data is None else hooks.data
         best = None
         if saved is not None:
@@ -296,6 +308,7 @@ def _train(cfg: TrainConfig, progress: bool, stop_after: int | None, data: Train
             opt.load_state_dict(extra["optimizer"])
             sched.load_state_dict(extra["scheduler"])
         for epoch in range(first, epochs):
+            rows = epoch_rows(hooks, cfg, phase, epoch, rows)
             stats = run_epoch(model, opt, sched, phase_data, rows, cfg, phase, epoch, augment, norm, device,
                               progress, bs, passes, hooks)
             row = {"epoch": len(history) + 1, "phase": phase, **stats}

@@ -44,9 +44,13 @@ class PhaseHooks:
     ``optim``: :class:`TrainConfig` fields overridden for this phase's optimiser (e.g. ``weight_decay``);
     ``keep_best``: restore the weights of the epoch with the best validation worst-group accuracy
     (validation accuracy without groups) at the phase's end: early stopping. ``info`` goes into metrics.
+    ``rows_for_epoch(epoch, generator)``: each epoch's rows instead of ``rows`` (a resample redrawn every epoch, as
+    GroupDRO's sampler does); ``generator`` is keyed by ``(seed, "rows", phase, epoch)``, so a resumed run draws the
+    same rows, and every epoch must give as many rows as epoch 0 (the phase's step plan and LR schedule are fixed).
     """
 
     rows: torch.Tensor | None = None
+    rows_for_epoch: Callable[[int, torch.Generator], torch.Tensor] | None = None
     data: TrainData | None = None          # train on these rows of this data instead (dfr: the held-out part)
     loss: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None
     train_mode: Callable[[nn.Module], None] | None = None
