@@ -174,8 +174,8 @@ SETTINGS = [("full resolution", "none", dict()),
             ("200 (crop)", "none", dict(work_side=200)),
             ("200 (crop)", "band", dict(work_side=200, refine="band")),
             ("300 (crop)", "none", dict(work_side=300)),
-            ("300 (crop) = grabcut_fast", "band", dict(work_side=300, refine="band")),
-            ("300 (crop)", "guided", dict(work_side=300, refine="guided")),
+            ("300 (crop)", "band", dict(work_side=300, refine="band")),
+            ("300 (crop) = grabcut_fast", "guided", dict(work_side=300, refine="guided")),
             ("400 (crop)", "band", dict(work_side=400, refine="band"))]
 
 

@@ -149,6 +149,17 @@ def test_band_refinement_does_not_lose_iou_and_stays_in_the_boxes():
         create_mask_method("grabcut_fast", refine="bnad")
 
 
+def test_guided_refinement_is_grabcut_fasts_default_and_does_not_lose_iou():
+    """grabcut_fast snaps the upsampled mask to the photo's edges with OpenCV contrib's guided filter."""
+    assert create_mask_method("grabcut_fast").params()["refine"] == "guided"
+    plain, guided = [], []
+    for s in range(6):
+        img, truth, box = scene(20 + s, 300, 400)
+        plain.append(iou(grabcut_from_boxes(img, (box,), work_side=64) > 0.5, truth))
+        guided.append(iou(grabcut_from_boxes(img, (box,), work_side=64, refine="guided") > 0.5, truth))
+    assert np.mean(guided) >= np.mean(plain) - 0.01 and np.mean(guided) >= 0.8
+
+
 def test_grabcut_is_deterministic_and_uses_several_boxes():
     img, truth, box = scene(3)
     assert np.array_equal(grabcut_from_boxes(img, (box,)), grabcut_from_boxes(img, (box,)))
