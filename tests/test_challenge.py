@@ -282,13 +282,13 @@ def test_shards_give_the_single_process_verdicts_and_resume(tmp_path):
     assert sharded["per_class"] == one["per_class"]
     assert not list(tmp_path.glob("s.json.state*"))
     # a worker that died after finishing shard 0: its saved state is reused, the others are searched again
-    from bgbias.audit.challenge import prepare
+    from bgbias.audit.challenge import prepare, search
     from bgbias.audit.challenge_shards import _init, _shard, shard_paths
 
     cfg = ChallengeConfig(model="test:model", data=str(root), progress=False, device="cpu", active=4, shards=3)
     st = prepare(cfg, LoadedModel(model, "test:model"))
     path = shard_paths(Path(str(out) + ".state"), 3)[0]
-    _init(LoadedModel(model, "test:model"), st.pool.decoded)
+    _init(LoadedModel(model, "test:model"), st.pool.decoded, prepare, search)
     done = _shard((cfg, 0, 3, path, f"{st.fp}/shard0of3"))
     assert path.is_file() and done["done"]
     again = run(root, model, out=out, active=4, shards=3)

@@ -53,6 +53,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from bgbias.audit.challenge_search import Pool, Search, lower_bound, prep_fg
+from bgbias.audit.challenge_shards import run_shards
 from bgbias.audit.challenge_state import (
     StopSignals,
     FOOLED,
@@ -240,9 +241,7 @@ def run_challenge(cfg: ChallengeConfig, out: str | os.PathLike | None = None, lo
     n_bg = len(st.pool)
     state_path = state_file(cfg.state, out)
     if cfg.shards > 1 or cfg.executor != "local" or len(cfg.devices or ()) > 1:
-        from bgbias.audit.challenge_shards import run_shards
-
-        s = run_shards(cfg, st, state_path, loaded)
+        s = run_shards(cfg, st, state_path, loaded, prepare, search)
         srch = Search(st.audit, st.pool, st.fg_labels, st.bg_labels, cfg, s)
     else:
         srch, s = search(cfg, st, np.arange(len(st.fg_items)), state_path, st.fp, on_save)

@@ -30,15 +30,15 @@ def shard_paths(state_path: Path | None, n: int) -> list[Path | None]:
             for k in range(n)]
 
 
-def _init(loaded, pool_raw) -> None:
-    """Once per worker: keep the model and the decoded pool (the 'broadcast')."""
-    _WORKER["loaded"], _WORKER["pool_raw"], _WORKER["setups"] = loaded, pool_raw, {}
+def _init(loaded, pool_raw, prepare, search) -> None:
+    """Once per worker: keep the model, the decoded pool (the 'broadcast') and the challenge's own ``prepare`` and
+    ``search`` (handed in by :mod:`bgbias.audit.challenge`, so this module never imports it back)."""
+    _WORKER.update(loaded=loaded, pool_raw=pool_raw, setups={}, prepare=prepare, search=search)
 
 
 def _shard(task: tuple) -> dict[str, Any]:
     """One shard in a worker: prepare once per device, search the shard's queue, save it as done."""
-    from bgbias.audit.challenge import prepare, search
-
+    prepare, search = _WORKER["prepare"], _WORKER["search"]
     cfg, k, n, path, fp = task
     key = cfg.device
     if key not in _WORKER["setups"]:
@@ -51,8 +51,10 @@ def _shard(task: tuple) -> dict[str, Any]:
     return s
 
 
-def run_shards(cfg, st, state_path: Path | None, loaded=None) -> dict[str, Any]:
-    """Search every shard (skipping those a previous run finished) and merge their states into one."""
+def run_shards(cfg, st, state_path: Path | None, loaded, prepare, search) -> dict[str, Any]:
+    """Search every shard (skipping those a previous run finished) and merge their states into one.
+
+    ``prepare`` and ``search`` are :mod:`bgbias.audit.challenge`'s (module-level, so they pickle by name)."""
     devices = list(cfg.devices or [cfg.device])
     n = max(cfg.shards, len(devices))
     paths = shard_paths(state_path, n)
@@ -68,7 +70,7 @@ def run_shards(cfg, st, state_path: Path | None, loaded=None) -> dict[str, Any]:
     if todo:
         remote = {"num_gpus": 1} if cfg.executor == "ray" and any(str(d).startswith("cuda") for d in devices) \
             else None
-        for task, s in zip(todo, map_ordered(_shard, todo, initializer=_init, initargs=(loaded, st.pool.decoded),
+        for task, s in zip(todo, map_ordered(_shard, todo, initializer=_init, initargs=(loaded, st.pool.decoded, prepare, search),
                                              workers=len(devices),
                                              executor=cfg.executor, preload="bgbias.audit.challenge",
                                              ray_remote_args=remote)):
