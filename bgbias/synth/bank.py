@@ -35,7 +35,7 @@ GRADIENTS = ("linear", "radial")
 GREYS = ("#404040", "#666666", "#8c8c8c", "#b3b3b3", "#cccccc", "#e6e6e6", "#ffffff")
 """``color:greys``: flat grey levels, bright-heavy. Random RGB colours average to a mid luminance (87% of the old
 bank's renders had mean luminance 0.3-0.7), so bright, flat backgrounds (sky, walls), where white strokes fade,
-were rare; the greys lifted held-out photos 95.8 -> 97.3 (bench/RESULTS.md, issue 15)."""
+were rare; the greys lifted held-out photos 95.8 -> 97.4 at 5 epochs (bench/RESULTS.md, issue 15)."""
 DEFAULT_BANK: dict[str, float] = {"texture:*": 3.0, "noise": 2.5, "gradient": 1.0, "color:random": 1.0,
                                   "color:greys": 3.5, "other_sample": 0.5}
 """What ``bank`` means: weights of its groups (normalised when used)."""
