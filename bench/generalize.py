@@ -1,6 +1,6 @@
 """Held-out generalisation on MNIST: do recipes hold on backgrounds that no recipe (and no bank family) draws from?
 
-    python bench/generalize.py [--mnist DIR] [--photos DIR] [--epochs 3] [--recipes ...] [--out DIR]
+    python bench/generalize.py [--mnist DIR] [--photos DIR] [--epochs 5] [--recipes ...] [--out DIR]
 
 Protocol (issue 15). The MNIST test file: the first ``--n-train`` (8,000) digits train, the last
 ``--n-test`` (2,000) test. Every recipe trains on clean digits (black backgrounds, masks from the stroke
@@ -296,13 +296,16 @@ def main() -> None:
     ap.add_argument("--photos", default=str(SHARED / "realmasks" / "backgrounds"))
     ap.add_argument("--n-train", type=int, default=8000)
     ap.add_argument("--n-test", type=int, default=2000)
-    ap.add_argument("--epochs", type=int, default=3, help="epochs for baseline / naive / bg-augment (stage 1)")
-    ap.add_argument("--adv-epochs", type=int, default=3, help="adversarial stage-3 epochs (stage 1 = baseline run)")
-    ap.add_argument("--mask-epochs", type=int, default=1, help="adversarial stage-2 (f_m) epochs")
+    # defaults = `bgbias train`'s (epochs 5; adversarial: stage 1 = the baseline run, f_m 3, stage 3 5)
+    ap.add_argument("--epochs", type=int, default=5, help="epochs for baseline / naive / bg-augment (stage 1)")
+    ap.add_argument("--adv-epochs", type=int, default=5, help="adversarial stage-3 epochs (stage 1 = baseline run)")
+    ap.add_argument("--mask-epochs", type=int, default=3, help="adversarial stage-2 (f_m) epochs")
     ap.add_argument("--recipes", default="baseline,naive,bg-augment,adversarial,adversarial-true-masks")
     ap.add_argument("--extra", action="append", default=[],
                     help="extra run NAME=RECIPE;key=value;... (TrainConfig fields), e.g. 'p9=bg-augment;p=0.9'")
     ap.add_argument("--lofo", action="store_true", help="leave-one-family-out over the bank (bg-augment)")
+    ap.add_argument("--by-brightness", action="store_true",
+                    help="also print Photos accuracy by the crop's mean luminance, and the bank's luminance spread")
     ap.add_argument("--boot", type=int, default=1000)
     ap.add_argument("--time-rounds", type=int, default=3, help="interleaved timing rounds (0: skip)")
     ap.add_argument("--time-rows", type=int, default=1280, help="digits per timing epoch")
@@ -328,12 +331,14 @@ def main() -> None:
           f"{args.threads} threads; bootstrap {args.boot}", flush=True)
 
     results: dict[str, dict] = {}
+    photo_hits: dict[str, np.ndarray] = {}
     for name in names:
         cfg = dataclasses.replace(runs[name], out=str(out / name))
         ensure_trained(cfg, train_data)
         metrics = json.loads((out / name / "metrics.json").read_text())
         hist = [h for h in metrics["history"] if h["phase"] != "clean"]
         hits = correct(out / name / "model.pt", sets, test_data.labels)
+        photo_hits[name] = hits["Photos"]
         row = {k: boot(v, args.boot) for k, v in hits.items()}
         row["held-out avg"] = boot(np.stack([hits[k] for k in HELD_OUT], 1), args.boot)
         row["families avg"] = boot(np.stack([hits[k] for k, _ in PAPER_SIX], 1), args.boot)
@@ -355,6 +360,8 @@ def main() -> None:
     if args.lofo:
         results.update(lofo(args, out, train_data, test_data))
     report(results, args, time.time() - t_start)
+    if args.by_brightness:
+        by_brightness(photo_hits, Path(args.photos), test_data, runs)
     (out / "generalize.json").write_text(json.dumps(results, indent=2, default=list))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
@@ -387,13 +394,16 @@ def summary(results: dict[str, dict], args) -> dict:
 
 def lofo(args, out: Path, train_data: TrainData, test_data: TrainData) -> dict[str, dict]:
     """Leave one bank family out of bg-augment's families, test on that family (rendered with another seed)."""
-    from bgbias.synth.bank import bank_families, create_bank_background
+    from bgbias.synth.bank import bank_families, create_bank_background, create_mixture, parse_bank
 
     res = {}
     x = test_data.images.float() / 255.0
     m = test_data.masks.float().unsqueeze(1) / 255.0
-    fams = [f for f in bank_families() if f != "other_sample"]
-    bgs = {f: create_bank_background(f).render(len(x), tuple(x.shape[-2:]), torch_generator(1, "lofo", f)) for f in fams}
+    # the seven flat greys are one family here: leaving out one grey level while its neighbours stay says nothing
+    fams = list(dict.fromkeys("color:greys" if f.startswith("color:#") else f
+                              for f in bank_families() if f != "other_sample"))
+    render = {f: create_mixture(f) if f == "color:greys" else create_bank_background(f) for f in fams}
+    bgs = {f: bg.render(len(x), tuple(x.shape[-2:]), torch_generator(1, "lofo", f)) for f, bg in render.items()}
     full = TrainConfig(recipe="bg-augment", data="mnist", epochs=args.epochs, seed=0, val_fraction=0.0,
                        out=str(out / "lofo-full-bank"))
     ensure_trained(full, train_data)       # the reference: the whole bank, scored on every family
@@ -401,7 +411,7 @@ def lofo(args, out: Path, train_data: TrainData, test_data: TrainData) -> dict[s
                    test_data.labels)
     res["lofo-full-bank"] = {"acc": {k: boot(v, args.boot) for k, v in hits.items()}, "left_out": None}
     for fam in fams:
-        rest = tuple(f for f in bank_families() if f != fam)
+        rest = tuple(f for f in bank_families() if f not in parse_bank(fam))
         name = f"lofo-{fam}"
         cfg = TrainConfig(recipe="bg-augment", data="mnist", epochs=args.epochs, seed=0, val_fraction=0.0,
                           families=rest, out=str(out / name))
@@ -411,6 +421,34 @@ def lofo(args, out: Path, train_data: TrainData, test_data: TrainData) -> dict[s
         res[name] = {"acc": {k: boot(v, args.boot) for k, v in hits.items()}, "left_out": fam}
         print(f"{name}: clean {res[name]['acc']['Clean'][0]:.1f}  on {fam} {res[name]['acc'][fam][0]:.1f}", flush=True)
     return res
+
+
+LUMA_BINS = [0.0, 0.3, 0.5, 0.7, 0.85, 1.01]
+
+
+def by_brightness(photo_hits: dict[str, np.ndarray], photos: Path, test_data: TrainData,
+                  runs: dict[str, TrainConfig]) -> None:
+    """Why photos are the hard set: accuracy per bin of the photo crop's mean luminance, beside how often the
+    photos and each recipe's background spec land in that bin (4,000 renders; white strokes vanish on bright)."""
+    from bgbias.synth.bank import PARTNERS, Mixture, parse_bank
+
+    n, size = len(test_data.labels), test_data.images.shape[-1]
+    luma = photo_crops(photos, n, size, torch_generator(0, "generalize", "photos")).mean((1, 2, 3)).numpy()
+    bins = np.digitize(luma, LUMA_BINS) - 1
+    names = [f"[{a:.2f},{b:.2f})" for a, b in zip(LUMA_BINS, LUMA_BINS[1:])]
+    print("\nPhotos accuracy % by the crop's mean luminance (share of crops in the bin):")
+    print("| recipe | " + " | ".join(f"{b} ({100 * np.mean(bins == i):.1f}%)" for i, b in enumerate(names)) + " |")
+    print("|---|" + "---|" * len(names))
+    for name, hits in photo_hits.items():
+        print(f"| {name} | " + " | ".join(f"{100 * hits[bins == i].mean():.1f}" for i in range(len(names))) + " |")
+    print("\nshare % of training backgrounds per luminance bin (bank-like specs, partners left out):")
+    for name, cfg in runs.items():
+        if name in photo_hits and cfg.recipe == "bg-augment":
+            leaves = {k: v for k, v in parse_bank(",".join(cfg.families)).items() if k not in PARTNERS}
+            mix = Mixture(leaves, name)
+            lum = mix.render(4000, (size, size), torch_generator(0, "luma", name)).mean((1, 2, 3))
+            share = np.histogram(lum.numpy(), LUMA_BINS)[0] / 40
+            print(f"  {name}: " + ", ".join(f"{b} {v:.1f}" for b, v in zip(names, share)))
 
 
 def report(results: dict[str, dict], args, seconds: float) -> None:
