@@ -181,3 +181,15 @@ def test_detection_figures_are_png(build, tmp_path):
     r = evaluate_detection(build, predictions=preds, bootstrap=5)
     for png in (ap_per_background_png([r, r], ["a", "b"]), drop_per_category_png(r), example_boxes_png(r)):
         assert png[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_variants_are_picked_by_name_or_by_folder(build, tmp_path):
+    """``--variants`` takes ``color:red`` or its folder ``color_red``, as ``bgbias eval`` does; results use the name."""
+    preds = tmp_path / "p"
+    _write(preds, "color_red", _as_results(_gt(build, "color_red")["annotations"]))
+    by_name = evaluate_detection(build, predictions=preds, variants=["color:red"], bootstrap=0)
+    by_folder = evaluate_detection(build, predictions=preds, variants=["color_red", "color:red"], bootstrap=0)
+    assert list(by_folder["variants"]) == ["color:red"] == list(by_name["variants"])
+    assert by_folder["variants"]["color:red"]["metrics"] == by_name["variants"]["color:red"]["metrics"]
+    with pytest.raises(ValueError, match="no variant 'colour_red'"):
+        evaluate_detection(build, predictions=preds, variants=["colour_red"], bootstrap=0)

@@ -136,7 +136,8 @@ def evaluate_detection(data: str | Path, detector: LoadedDetector | None = None,
     root = Path(data)
     info = build_variants(root)
     dirs = {v["name"]: v["dirname"] for v in info}
-    names = list(variants) if variants else [v["name"] for v in info]
+    by_folder = {d: n for n, d in dirs.items()}          # --variants takes the name or the folder, as eval does
+    names = list(dict.fromkeys(by_folder.get(v, v) for v in variants)) if variants else [v["name"] for v in info]
     unknown = [n for n in names if n not in dirs]
     if unknown:
         raise ValueError(f"Build {root} has no variant {unknown[0]!r}; valid: {', '.join(dirs)}.")
