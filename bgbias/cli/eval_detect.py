@@ -48,7 +48,8 @@ def register(sub) -> None:
     p.add_argument("--predictions", help="folder of COCO results files PREDICTIONS/<variant>.json, from any detector")
     p.add_argument("--out", default="det_eval.json", help="result JSON to write")
     p.add_argument("--split", default="val", help="split of the detection build to evaluate")
-    p.add_argument("--variants", help="comma list of the build's variants, names or folders (e.g. color:red or color_red; default: all)")
+    p.add_argument("--variants", help="comma list of the build's variants, names or folders "
+                                      "(e.g. color:red or color_red; default: all)")
     p.add_argument("--batch-size", type=int, default=8, help="images per forward")
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
     p.add_argument("--bootstrap", type=int, default=100, help="image resamples for the 95%% intervals (0: none)")
