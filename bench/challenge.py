@@ -172,10 +172,11 @@ def resnet50_rate(batch: int = 8, n_batches: int = 2) -> float:
     return batch * n_batches / (time.perf_counter() - t)
 
 
-def project_in9(rows: list, rate: float, n: int = 4050) -> None:
+def project_in9(rows: list, rate: float, n: int = 4050) -> list[dict]:
     """IN-9-sized run (n foregrounds x n backgrounds): lower bound from each model's fooled share, forwards from
     its measured ratio to the bound, time from the measured ResNet-50 rate (search forwards dominate)."""
     print(f"projection, IN-9 size ({n} x {n}, 224x224, ResNet-50 at {rate:.1f} img/s measured here):")
+    out = []
     for rho, row in rows:
         r = row["r"]
         fooled = 1 - r["challenge_accuracy"]
@@ -183,6 +184,9 @@ def project_in9(rows: list, rate: float, n: int = 4050) -> None:
         fw = lb * r["forwards"] / r["lower_bound_forwards"]
         print(f"  like rho {rho:.2f} ({100 * fooled:.0f}% fooled): lower bound {lb:,.0f}, projected {fw:,.0f} forwards "
               f"(+{n} clean), {fw / rate / 3600:,.1f} h here; exhaustive {n * n:,} = {n * n / rate / 3600:,.1f} h")
+        out.append({"rho": rho, "fooled": round(fooled, 4), "lower_bound": round(lb), "forwards": round(fw),
+                    "hours": round(fw / rate / 3600, 2), "exhaustive_hours": round(n * n / rate / 3600, 1)})
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -231,8 +235,10 @@ def main(argv: list[str] | None = None) -> int:
           "bgbias forwards (search + clean + analysis) per CPU-second of its whole run (data reading included); "
           "pure: the model alone on ready composites, same batch, CPU time, median of before/after each run; "
           "bgbias s / official s: CPU seconds")
+    projection = None
     if not args.no_projection:
-        project_in9(rows, resnet50_rate())
+        rate = resnet50_rate()
+        projection = {"n": 4050, "resnet50_img_per_s": round(rate, 1), "models": project_in9(rows, rate)}
     if args.json:
         out = []
         for rho, row in rows:
@@ -247,7 +253,8 @@ def main(argv: list[str] | None = None) -> int:
                         "speedup_vs_official": round(row["official_s"] / row["bgbias_s"], 2)})
         Path(args.json).write_text(json.dumps({"command": "python bench/challenge.py " + " ".join(argv or sys.argv[1:]),
                                                "n_foregrounds": r0["n_foregrounds"], "n_backgrounds": r0["n_backgrounds"],
-                                               "batch": args.batch, "identical_verdicts": True, "models": out},
+                                               "batch": args.batch, "identical_verdicts": True, "models": out,
+                                               "in9_projection": projection},
                                               indent=1) + "\n")
     return 0
 
