@@ -9,13 +9,13 @@ intensity) with the same small CNN and loop (``bgbias.train.loop.train``). The t
 
 * **held-out** backgrounds, which no recipe draws from: crops of natural scene photos
   (``realmasks/backgrounds``, in no training bank; random window, scale and position per digit), and
-  three procedural patterns that are *not* bgbias families and are written only here (Voronoi cells,
+  three procedural patterns that are *not* bgbias families and are written only in ``bench/heldout.py`` (Voronoi cells,
   random discs, random thick line segments);
 * **bgbias families**: paper 002's six textures (stripes, board, border, circles, clock, Bernoulli noise)
   at their fixed parameters. The bank draws these families (with random parameters), so they are
   *seen* for bank-trained recipes and reported apart.
 
-A ``naive`` recipe, written below in ~40 lines (uniform noise, random-angle stripes, random grey level,
+A ``naive`` recipe, written in ``bench/heldout.py`` in ~40 lines (uniform noise, random-angle stripes, random grey level,
 smooth noise behind the digit), is the baseline every recipe must beat on the held-out average.
 ``--lofo`` adds leave-one-family-out over the bank: ``bg-augment`` trained on the bank without family F,
 tested on F (one run per F; slow, so off by default).
@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -46,111 +45,13 @@ from bgbias.core.seeding import torch_generator  # noqa: E402
 from bgbias.models.checkpoint import load_checkpoint  # noqa: E402
 from bgbias.models.nets import create_arch  # noqa: E402
 from bgbias.sources.base import create_source  # noqa: E402
-from bgbias.synth.backgrounds import create_background  # noqa: E402
-from bgbias.train.config import RECIPES, TrainConfig  # noqa: E402
+from bgbias.train.config import TrainConfig  # noqa: E402
 from bgbias.train.data import TrainData  # noqa: E402
 from bgbias.train.loop import train  # noqa: E402
-from bgbias.train.recipes import Recipe  # noqa: E402
+from heldout import HELD_OUT, PAPER_SIX, photo_crops, test_sets  # noqa: E402  (bench/heldout.py; registers "naive")
 
 SHARED = next((p / "shared" / "data" for p in ROOT.parents if (p / "shared" / "data").is_dir()), Path("data"))
-PAPER_SIX = [("Stripes", "texture:stripes"), ("Board", "texture:board"), ("Border", "texture:border"),
-             ("Circles", "texture:circles"), ("Clock", "texture:clock"), ("Random", "texture:noise")]
-HELD_OUT = ["Photos", "Voronoi", "Discs", "Lines"]
 PAPER_AVG = 85.5  # paper 002's proposal, average over its six textures (reference/results.md)
-
-
-# ------------------------------------------------------------------ held-out backgrounds (not in any bank)
-def _rand(g, *shape):
-    return torch.rand(shape, generator=g)
-
-
-def voronoi(n: int, size: int, g: torch.Generator) -> torch.Tensor:
-    """Voronoi cells (8-40 seeds), each cell one random colour."""
-    out = torch.empty(n, 3, size, size)
-    ys, xs = torch.meshgrid(torch.arange(size) + 0.5, torch.arange(size) + 0.5, indexing="ij")
-    for i in range(n):
-        k = int(8 + _rand(g, 1) * 32)
-        pts = _rand(g, k, 2) * size
-        d = (ys[None] - pts[:, 0, None, None]) ** 2 + (xs[None] - pts[:, 1, None, None]) ** 2
-        out[i] = _rand(g, k, 3)[d.argmin(0)].permute(2, 0, 1)
-    return out
-
-
-def discs(n: int, size: int, g: torch.Generator) -> torch.Tensor:
-    """A random base colour with 3-12 overlapping discs of random radius and colour."""
-    out = _rand(g, n, 3, 1, 1).expand(n, 3, size, size).clone()
-    ys, xs = torch.meshgrid(torch.arange(size) + 0.5, torch.arange(size) + 0.5, indexing="ij")
-    for i in range(n):
-        for _ in range(int(3 + _rand(g, 1) * 10)):
-            cy, cx, r = (_rand(g, 3) * torch.tensor([size, size, size / 3]) + torch.tensor([0, 0, 2.0])).tolist()
-            inside = (ys - cy) ** 2 + (xs - cx) ** 2 < r * r
-            out[i][:, inside] = _rand(g, 3, 1)
-    return out
-
-
-def lines(n: int, size: int, g: torch.Generator) -> torch.Tensor:
-    """A random base colour crossed by 2-8 thick random line segments of random colours."""
-    out = _rand(g, n, 3, 1, 1).expand(n, 3, size, size).clone()
-    ys, xs = torch.meshgrid(torch.arange(size) + 0.5, torch.arange(size) + 0.5, indexing="ij")
-    for i in range(n):
-        for _ in range(int(2 + _rand(g, 1) * 7)):
-            p, q = _rand(g, 2) * size, _rand(g, 2) * size
-            d = q - p
-            t = (((ys - p[0]) * d[0] + (xs - p[1]) * d[1]) / d.pow(2).sum().clamp_min(1e-6)).clamp(0, 1)
-            dist = ((ys - p[0] - t * d[0]) ** 2 + (xs - p[1] - t * d[1]) ** 2).sqrt()
-            out[i][:, dist < 1 + float(_rand(g, 1)) * 2.5] = _rand(g, 3, 1)
-    return out
-
-
-def photo_crops(folder: Path, n: int, size: int, g: torch.Generator) -> torch.Tensor:
-    """Random windows (5-50% of the shorter side) of the scene photos, resized to ``size``."""
-    import cv2
-
-    from bgbias.core.io import read_image
-
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
-    if not files:
-        raise FileNotFoundError(f"No scene photos in {folder}.")
-    photos = [read_image(p) for p in files]
-    out = np.empty((n, size, size, 3), np.uint8)
-    for i in range(n):
-        img = photos[int(_rand(g, 1) * len(photos))]
-        h, w = img.shape[:2]
-        s = max(size, int(min(h, w) * (0.05 + 0.45 * float(_rand(g, 1)))))
-        y0, x0 = int(_rand(g, 1) * (h - s + 1)), int(_rand(g, 1) * (w - s + 1))
-        out[i] = cv2.resize(img[y0:y0 + s, x0:x0 + s], (size, size), interpolation=cv2.INTER_AREA)
-    return torch.from_numpy(out).permute(0, 3, 1, 2).float() / 255.0
-
-
-# ------------------------------------------------------------------ the naive augmentation (issue 15's baseline)
-class NaiveAugment:
-    """Uniform noise, random-angle stripes, random grey level or smooth noise behind the digit (p = 0.8)."""
-
-    seen = ["naive"]
-
-    def __call__(self, x, m, y, g, model):
-        n, _, h, w = x.shape
-        kind = torch.randint(4, (n,), generator=g)
-        noise = torch.rand(n, 3, h, w, generator=g)
-        ys, xs = torch.meshgrid(torch.arange(h) + 0.5, torch.arange(w) + 0.5, indexing="ij")
-        ang = torch.rand(n, 1, 1, generator=g) * math.pi
-        period = 3 + torch.rand(n, 1, 1, generator=g) * 9
-        t = xs * torch.cos(ang) + ys * torch.sin(ang)
-        stripes = (torch.remainder(t, period) < period / 2).float().unsqueeze(1)
-        c0, c1 = torch.rand(n, 3, 1, 1, generator=g), torch.rand(n, 3, 1, 1, generator=g)
-        stripes = c0 + stripes * (c1 - c0)
-        grey = torch.rand(n, 1, 1, 1, generator=g).expand(n, 3, h, w)
-        coarse = torch.rand(n, 3, 4, 4, generator=g)
-        smooth = torch.nn.functional.interpolate(coarse, size=(h, w), mode="bilinear", align_corners=False)
-        bgs = torch.stack([noise, stripes, grey, smooth], 1)            # [n, 4, 3, H, W]
-        bg = bgs[torch.arange(n), kind]
-        keep = (torch.rand(n, generator=g) < 0.2).view(n, 1, 1, 1)
-        return torch.where(keep, x, compose(x, bg, m))
-
-
-if "naive" not in RECIPES:
-    RECIPES.register("naive", help="bench/generalize.py's naive random-background augmentation")(
-        lambda: Recipe(augment=lambda phase, cfg, data, model, ctx: NaiveAugment(), seen=lambda cfg: ["naive"]))
 
 
 # ------------------------------------------------------------------ data, evaluation
@@ -165,18 +66,6 @@ def load_mnist(folder: Path) -> TrainData:
 
 def subset(d: TrainData, rows: slice) -> TrainData:
     return TrainData(d.images[rows], d.masks[rows], d.labels[rows], d.ids[rows], d.classes, [])
-
-
-def test_sets(d: TrainData, photos: Path) -> dict[str, torch.Tensor]:
-    x = d.images.float() / 255.0
-    m = d.masks.float().unsqueeze(1) / 255.0
-    n, size = len(x), x.shape[-1]
-    g = lambda name: torch_generator(0, "generalize", name)  # noqa: E731
-    bgs = {"Photos": photo_crops(photos, n, size, g("photos")), "Voronoi": voronoi(n, size, g("voronoi")),
-           "Discs": discs(n, size, g("discs")), "Lines": lines(n, size, g("lines"))}
-    for name, spec in PAPER_SIX:
-        bgs[name] = create_background(spec).render(n, (size, size), torch_generator(0, "paper002", spec))
-    return {"Clean": x, **{k: compose(x, b, m) for k, b in bgs.items()}}
 
 
 def load_model(path: Path):
