@@ -2,6 +2,7 @@
 read (``val`` by default) and the check that it holds no training image of the model."""
 from __future__ import annotations
 
+import contextlib
 import sys
 import warnings
 from dataclasses import dataclass
@@ -67,25 +68,42 @@ class Audit:
     device: torch.device
     classes: list[str]
     checked: bool = False
+    amp: bool = False             # mixed precision: float16 autocast on GPU, bfloat16 on CPU
+    channels_last: bool = False   # channels-last inputs (set on GPU only: faster convolutions, same fp32 maths)
 
-    def logits(self, x: torch.Tensor) -> torch.Tensor:
-        """Already-preprocessed ``[N, 3, H, W]`` on the device -> ``[N, K]``; checks K once against the map."""
-        out = self.model.logits(x)
+    @property
+    def amp_dtype(self) -> torch.dtype:
+        return torch.bfloat16 if self.device.type == "cpu" else torch.float16
+
+    def logits(self, x: torch.Tensor, fp32: bool = False) -> torch.Tensor:
+        """Already-preprocessed ``[N, 3, H, W]`` on the device -> float32 ``[N, K]``; checks K once against the map.
+
+        With ``amp`` the forward runs under autocast unless ``fp32`` (the re-check of amp's answers)."""
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        ctx = (torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp and not fp32
+               else contextlib.nullcontext())
+        with ctx:
+            out = self.model.logits(x)
+        out = out.float()
         if not self.checked:
             self.label_map.check(out.shape[1], len(self.classes))
             self.checked = True
         return out
 
-    def predict(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def predict(self, images: torch.Tensor, fp32: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """Raw uint8 ``[N, 3, H, W]`` -> (dataset predictions ``[N]`` int64 with -1 outside the map, confidence)."""
-        logits = self.logits(self.preprocess(images.to(self.device, non_blocking=True)))
+        logits = self.logits(self.preprocess(images.to(self.device, non_blocking=True)), fp32)
         conf = logits.softmax(-1).max(-1).values
         return self.label_map.predict(logits), conf
 
 
-def open_audit(cfg: AuditConfig, loaded: LoadedModel | None = None) -> Audit:
+def open_audit(cfg: AuditConfig, loaded: LoadedModel | None = None, amp: bool = False,
+               channels_last: bool = False) -> Audit:
     """Check the IN-9 layout, load the model (or use ``loaded``), pick preprocessing (explicit > checkpoint
-    meta > per-kind default) and the label map: the setup eval, challenge and saliency share."""
+    meta > per-kind default) and the label map: the setup eval, challenge and saliency share.
+
+    ``amp`` turns on mixed precision; ``channels_last`` the channels-last format, on a GPU only."""
     data = Path(cfg.data)
     if not data.is_dir():
         raise ValueError(f"Data folder {data} does not exist; expected the IN-9 layout <variant>/val/<NN_class>/.")
@@ -103,7 +121,10 @@ def open_audit(cfg: AuditConfig, loaded: LoadedModel | None = None) -> Audit:
     label_map, note = resolve_label_map(cfg.label_map, classes, lm.classes, lm.num_outputs)
     if note:
         print(note, file=sys.stderr)
-    return Audit(lm, pp, label_map, dev, classes)
+    cl = channels_last and dev.type == "cuda"
+    if cl:
+        lm.module.to(memory_format=torch.channels_last)
+    return Audit(lm, pp, label_map, dev, classes, amp=amp, channels_last=cl)
 
 
 def chw(image: np.ndarray) -> torch.Tensor:
@@ -140,8 +161,11 @@ def collate_by_size(batch):
 
 
 def predict_paths(audit: Audit, paths: Sequence[Path], batch_size: int = 64, workers: int = 0,
-                  progress: bool = False, desc: str = "") -> tuple[np.ndarray, np.ndarray, list[tuple[int, str]]]:
-    """Predict every file: (preds int64 [N] (-1 outside map, -2 skipped), confidence float32 [N], bad)."""
+                  progress: bool = False, desc: str = "", fp32: bool = False,
+                  ) -> tuple[np.ndarray, np.ndarray, list[tuple[int, str]]]:
+    """Predict every file: (preds int64 [N] (-1 outside map, -2 skipped), confidence float32 [N], bad).
+
+    ``fp32`` predicts in full precision even when the audit runs mixed precision."""
     if batch_size < 1 or workers < 0:
         raise ValueError(f"--batch-size must be >= 1 and --workers >= 0, got {batch_size} and {workers}.")
     preds = np.full(len(paths), -2, dtype=np.int64)
@@ -152,7 +176,7 @@ def predict_paths(audit: Audit, paths: Sequence[Path], batch_size: int = 64, wor
         for groups, b in loader:
             bad.extend(b)
             for images, idx in groups:
-                p, c = audit.predict(images)
+                p, c = audit.predict(images, fp32)
                 preds[idx.numpy()] = p.cpu().numpy()
                 conf[idx.numpy()] = c.cpu().numpy()
             bar.update(sum(len(g[1]) for g in groups) + len(b))

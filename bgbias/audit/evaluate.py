@@ -16,7 +16,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from bgbias.audit.core import AuditConfig, bootstrap_ci, open_audit, overlap_with_training
+from bgbias.audit.core import AuditConfig, bootstrap_ci, open_audit, overlap_with_training, predict_paths
 from bgbias.audit.evaluate_shards import clear_state, predict_variant
 from bgbias.audit.groups import (
     DEFAULT_MIN_COUNT,
@@ -24,6 +24,7 @@ from bgbias.audit.groups import (
     reference_levels,
     sample_groups,
     too_small,
+    wilson_ci,
 )
 from bgbias.core.layout import SIGNAL_GROUPS, Item, list_items, list_variant_dirs, read_manifest
 from bgbias.core.names import seen_in_training, variant_names
@@ -44,6 +45,10 @@ class EvalConfig(AuditConfig):
     executor: str = "local"                  # local processes or "ray"
     devices: tuple[str, ...] | None = None   # one worker per device; None: the config's device
     state: str | None = None                 # folder for finished shards (resume); None: no resume
+    # mixed precision (float16 autocast on GPU, bfloat16 on CPU); amp_check images per variant are re-predicted
+    # in fp32 and the predictions that differ counted (0: every image)
+    amp: bool = False
+    amp_check: int = 256
 
 
 def _variant_result(items: list[Item], preds: np.ndarray, valid: np.ndarray, classes: list[str],
@@ -141,11 +146,32 @@ def recorded_config(config: EvalConfig) -> dict[str, Any]:
     return {k: v for k, v in asdict(config).items() if k not in RUN_ONLY}
 
 
+def amp_recheck(config: EvalConfig, audit, paths: Sequence[Path], preds: np.ndarray, folder: str) -> dict[str, Any]:
+    """Re-predict a seeded sample of ``amp_check`` readable images in fp32; count predictions amp changed.
+
+    A fixed cost per variant (the whole variant with ``amp_check`` 0); the reported accuracies stay amp's."""
+    ok = np.flatnonzero(preds != -2)
+    k = len(ok) if config.amp_check == 0 else min(config.amp_check, len(ok))
+    sel = np.sort(numpy_rng(config.seed, "amp", folder).choice(ok, size=k, replace=False)) if k else ok[:0]
+    p32, _, _ = predict_paths(audit, [paths[i] for i in sel], config.batch_size, config.workers, fp32=True)
+    differ = int((p32 != preds[sel]).sum())
+    return {"checked": int(k), "differ": differ, "ci95": wilson_ci(differ, int(k))}
+
+
+def _amp_summary(audit, per_variant: dict[str, dict]) -> dict[str, Any]:
+    checked = sum(v["checked"] for v in per_variant.values())
+    differ = sum(v["differ"] for v in per_variant.values())
+    return {"dtype": str(audit.amp_dtype).removeprefix("torch."), "checked": checked, "differ": differ,
+            "ci95": wilson_ci(differ, checked), "variants": per_variant}
+
+
 def evaluate(config: EvalConfig, loaded: LoadedModel | None = None) -> dict[str, Any]:
     """Run the evaluation and return the ``eval.json`` dict (see docs/ARCHITECTURE.md)."""
     t0 = time.time()
+    if config.amp_check < 0:
+        raise ValueError(f"amp_check must be >= 0 (0 re-checks every image), got {config.amp_check}.")
     data = Path(config.data)
-    audit = open_audit(config, loaded)
+    audit = open_audit(config, loaded, amp=config.amp, channels_last=True)
     families = audit.model.families_seen
     manifest = read_manifest(data)
     variants = resolve_variants(data, config.variants, config.split, manifest)
@@ -157,6 +183,7 @@ def evaluate(config: EvalConfig, loaded: LoadedModel | None = None) -> dict[str,
     train_counts = audit.model.meta.get("group_counts") or None
     result["group_min_count"] = config.group_min_count
     seen_ids: set[str] = set()
+    amp: dict[str, dict] = {}
     for name, folder in variants:      # results keyed by the canonical name; seeds keep the folder (same numbers)
         items = list_items(data, folder, config.split)
         seen_ids.update(it.id for it in items)
@@ -166,6 +193,8 @@ def evaluate(config: EvalConfig, loaded: LoadedModel | None = None) -> dict[str,
             raise ValueError(f"Variant {name!r} has class folders beyond the {len(audit.classes)} classes of "
                              "'original'.")
         preds, _, bad = predict_variant(config, audit, name, [it.path for it in items], loaded)  # sharded if asked
+        if config.amp:
+            amp[name] = amp_recheck(config, audit, [it.path for it in items], preds, folder)
         result["skipped"].extend({"path": str(items[i].path), "variant": name, "reason": r} for i, r in bad)
         valid = preds != -2
         rng = numpy_rng(config.seed, "bootstrap", folder)
@@ -180,6 +209,7 @@ def evaluate(config: EvalConfig, loaded: LoadedModel | None = None) -> dict[str,
                                config.n_bootstrap) if "mixed_same" in keyed and "mixed_rand" in keyed else None)
     result["signal_groups"] = (signal_groups(keyed["only_fg"], keyed["only_bg_t"], audit.classes)
                                if "only_fg" in keyed and "only_bg_t" in keyed else None)
+    result["amp"] = _amp_summary(audit, amp) if config.amp else None
     result["overlap_with_training"] = overlap_with_training(audit, seen_ids, config.split)
     result["record"] = build_record(audit.model.files, audit.model.module, audit.device, config.seed, data,
                                     result["preprocess"])
@@ -226,6 +256,11 @@ def format_table(result: dict[str, Any]) -> str:
     if sg:
         rows.append("signal groups (only_fg x only_bg_t): "
                     + ", ".join(f"{k} {v}" for k, v in sg["counts"].items()))
+    amp = result.get("amp")
+    if amp:
+        ci = amp["ci95"] or [None, None]
+        rows.append(f"amp ({amp['dtype']}): {amp['differ']} of {amp['checked']} re-checked predictions differ from fp32 "
+                    f"({_pct(ci[0]).strip()}-{_pct(ci[1]).strip()} 95% interval of the rate); accuracies above are amp's")
     if result.get("overlap_with_training"):
         rows.append(f"warning: {result['overlap_with_training']} evaluated images were in the model's training set")
     if result.get("skipped"):

@@ -45,7 +45,8 @@ def _shard(task: tuple) -> tuple[np.ndarray, np.ndarray, list]:
     """One shard in a worker: open the audit once per device, predict, save the shard (when resumable)."""
     config, paths, path = task
     if config.device not in _WORKER["audits"]:
-        _WORKER["audits"][config.device] = open_audit(config, _WORKER["loaded"])
+        _WORKER["audits"][config.device] = open_audit(config, _WORKER["loaded"], amp=config.amp,
+                                                               channels_last=True)
     preds, conf, bad = predict_paths(_WORKER["audits"][config.device], paths, config.batch_size, config.workers)
     if path is not None:
         buf = io.BytesIO()

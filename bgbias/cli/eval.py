@@ -15,7 +15,8 @@ def eval_command(args: argparse.Namespace) -> int:
 
     spread = {k: v for k, v in dict(shards=args.shards, executor=args.executor, state=args.state,
                                     devices=split_list(args.devices)).items() if v is not None}
-    result = evaluate(EvalConfig(variants=split_list(args.variants), **spread, **model_kwargs(args)))
+    amp = dict(amp=True, amp_check=args.amp_check) if args.amp else {}
+    result = evaluate(EvalConfig(variants=split_list(args.variants), **spread, **amp, **model_kwargs(args)))
     write_json(args.out, result)
     print(format_table(result))
     print(f"wrote {args.out}")
@@ -32,4 +33,9 @@ def register(sub) -> None:
     g.add_argument("--devices", help="comma list, one worker each, e.g. cuda:0,cuda:1 (default: --device)")
     g.add_argument("--state", help="folder for finished shards, so a rerun after a crash predicts only the rest")
     add_executor_option(g, None, "where shard workers run: local processes (default) or a Ray cluster")
+    g = p.add_argument_group("precision")
+    g.add_argument("--amp", action="store_true",
+                   help="mixed precision (float16 on GPU, bfloat16 on CPU); predictions amp changes are counted")
+    g.add_argument("--amp-check", type=int, default=256, metavar="N",
+                   help="images per variant re-predicted in fp32 to count amp's changes (0: all; default 256)")
     p.set_defaults(func=eval_command)
