@@ -62,9 +62,18 @@ def test_bad_shard_count_is_one_clear_error(tmp_path):
 
 
 @pytest.mark.slow
-def test_two_local_processes_give_one_process_result(tmp_path):
+def test_two_local_processes_and_ray_give_one_process_result(tmp_path):
     root = L.random_layout(tmp_path / "d", seed=6)
     loaded = LoadedModel(L.MeanColour(), "test:model")
     one = evaluate(_cfg(root), loaded)
     two = evaluate(_cfg(root, EvalConfig, devices=("cpu", "cpu")), loaded)
     assert two["variants"] == one["variants"]
+    pytest.importorskip("ray")
+    import torch
+
+    from bgbias.models.nets import SmallCNN
+
+    torch.manual_seed(6)          # a bgbias network: Ray workers import bgbias, not the tests' helpers
+    cnn = LoadedModel(SmallCNN(num_classes=3, width=4).eval(), "test:model")
+    on_ray = evaluate(_cfg(root, EvalConfig, shards=3, executor="ray", devices=("cpu", "cpu")), cnn)
+    assert on_ray["variants"] == evaluate(_cfg(root), cnn)["variants"]
