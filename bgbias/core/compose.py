@@ -92,10 +92,66 @@ def _support_box(m: torch.Tensor) -> tuple[int, int, int, int] | None:
 
 
 def compose_np(fg: np.ndarray, bg: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """HxWx3 uint8 convenience wrapper around :func:`compose` for single images."""
+    """HxWx3 uint8 :func:`compose` for single images (numpy, no tensors; same bytes, see :class:`MaskPlan`)."""
+    if fg.dtype == bg.dtype == np.uint8 and fg.ndim == bg.ndim == 3 and fg.shape == bg.shape \
+            and fg.shape[2] == 3 and np.shape(mask) == fg.shape[:2]:
+        return MaskPlan(mask).compose(fg, bg)
     m = _tensor(mask) if mask.dtype == bool else _tensor(mask, np.float32)
     t = compose(_tensor(fg).permute(2, 0, 1), _tensor(bg).permute(2, 0, 1), m)
     return t.permute(1, 2, 0).contiguous().numpy()
+
+
+class MaskPlan:
+    """One HxW mask split once into its hard foreground (m == 1) and soft edge (0 < m < 1), for the many
+    uint8 composites of one image (No-FG, Only-FG, each Mixed-*): the build's path, numpy only.
+
+    Byte for byte :func:`compose` (tested against it): pixels at m == 0 are bg, at m == 1 fg, and a soft
+    pixel is torch's ``lerp`` (``fma(w, fg - bg, bg)`` for w < 0.5, else ``fma(w - 1, fg - bg, fg)``,
+    one float32 rounding) rounded half to even. The fused multiply-add is exact here in float64 (a
+    24-bit weight times a 9-bit difference plus an integer), so rounding that to float32 is torch's.
+    """
+
+    def __init__(self, mask: np.ndarray):
+        m = np.asarray(mask)
+        if m.ndim != 2:
+            raise ValueError(f"Mask must be HxW, got shape {m.shape}.")
+        if m.dtype != bool and not np.issubdtype(m.dtype, np.floating):
+            raise TypeError(f"Mask must be float in [0, 1] or bool, got {m.dtype}.")
+        self.shape = m.shape
+        hard = m if m.dtype == bool else m == 1
+        soft = None if m.dtype == bool else (m != 0) & ~hard
+        nz = hard if soft is None else hard | soft
+        rows, cols = np.flatnonzero(nz.any(1)), np.flatnonzero(nz.any(0))
+        if rows.size == 0:
+            self.box = None
+            return
+        y0, y1, x0, x1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+        self.box = (slice(y0, y1), slice(x0, x1))
+        self.hard = np.repeat(hard[self.box][..., None], 3, axis=2)   # full shape: copyto ~10x faster than broadcast
+        self.soft = None
+        if soft is not None:
+            ys, xs = np.nonzero(soft[self.box])
+            if ys.size:
+                w = m[self.box][ys, xs].astype(np.float32, copy=False)
+                small = (np.abs(w) < 0.5)[:, None]
+                self.soft = (ys, xs, np.where(small[:, 0], w, w - np.float32(1)).astype(np.float64)[:, None], small)
+
+    def compose(self, fg: np.ndarray | None, bg: np.ndarray | None) -> np.ndarray:
+        """uint8 HxWx3 ``m * fg + (1 - m) * bg`` as a new C-contiguous array; ``None`` is a black layer."""
+        h, w = self.shape
+        out = np.zeros((h, w, 3), np.uint8) if bg is None else np.array(bg, dtype=np.uint8, order="C", copy=True)
+        if self.box is None:
+            return out
+        o = out[self.box]
+        f = None if fg is None else fg[self.box]
+        if self.soft is not None:          # before the hard pixels: the soft blend reads bg from ``o``
+            ys, xs, coeff, small = self.soft
+            b = o[ys, xs].astype(np.float64)
+            fs = np.zeros_like(b) if f is None else f[ys, xs].astype(np.float64)
+            v = (coeff * (fs - b) + np.where(small, b, fs)).astype(np.float32)
+            o[ys, xs] = np.clip(np.rint(v), 0, 255).astype(np.uint8)
+        np.copyto(o, 0 if f is None else f, where=self.hard)
+        return out
 
 
 def _tensor(a: np.ndarray, dtype=None) -> torch.Tensor:
