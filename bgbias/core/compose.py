@@ -118,21 +118,20 @@ class MaskPlan:
         if m.dtype != bool and not np.issubdtype(m.dtype, np.floating):
             raise TypeError(f"Mask must be float in [0, 1] or bool, got {m.dtype}.")
         self.shape = m.shape
-        hard = m if m.dtype == bool else m == 1
-        soft = None if m.dtype == bool else (m != 0) & ~hard
-        nz = hard if soft is None else hard | soft
+        nz = m if m.dtype == bool else m != 0
         rows, cols = np.flatnonzero(nz.any(1)), np.flatnonzero(nz.any(0))
         if rows.size == 0:
             self.box = None
             return
-        y0, y1, x0, x1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
-        self.box = (slice(y0, y1), slice(x0, x1))
-        self.hard = np.repeat(hard[self.box][..., None], 3, axis=2)   # full shape: copyto ~10x faster than broadcast
+        self.box = (slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1))
+        mb = m[self.box]                   # the object's box: everything outside it is bg
+        hard = mb if m.dtype == bool else mb == 1
+        self.hard = np.repeat(hard[..., None], 3, axis=2)   # full shape: copyto ~10x faster than broadcast
         self.soft = None
-        if soft is not None:
-            ys, xs = np.nonzero(soft[self.box])
+        if m.dtype != bool:
+            ys, xs = np.nonzero(nz[self.box] & ~hard)
             if ys.size:
-                w = m[self.box][ys, xs].astype(np.float32, copy=False)
+                w = mb[ys, xs].astype(np.float32, copy=False)
                 small = (np.abs(w) < 0.5)[:, None]
                 self.soft = (ys, xs, np.where(small[:, 0], w, w - np.float32(1)).astype(np.float64)[:, None], small)
 
