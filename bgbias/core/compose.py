@@ -133,7 +133,8 @@ class MaskPlan:
             if ys.size:
                 w = mb[ys, xs].astype(np.float32, copy=False)
                 small = (np.abs(w) < 0.5)[:, None]
-                self.soft = (ys, xs, np.where(small[:, 0], w, w - np.float32(1)).astype(np.float64)[:, None], small)
+                flat = (ys + self.box[0].start) * m.shape[1] + (xs + self.box[1].start)   # pixel index in HxW
+                self.soft = (flat, np.where(small[:, 0], w, w - np.float32(1)).astype(np.float64)[:, None], small)
 
     def compose(self, fg: np.ndarray | None, bg: np.ndarray | None) -> np.ndarray:
         """uint8 HxWx3 ``m * fg + (1 - m) * bg`` as a new C-contiguous array; ``None`` is a black layer."""
@@ -141,15 +142,14 @@ class MaskPlan:
         out = np.zeros((h, w, 3), np.uint8) if bg is None else np.array(bg, dtype=np.uint8, order="C", copy=True)
         if self.box is None:
             return out
-        o = out[self.box]
-        f = None if fg is None else fg[self.box]
-        if self.soft is not None:          # before the hard pixels: the soft blend reads bg from ``o``
-            ys, xs, coeff, small = self.soft
-            b = o[ys, xs].astype(np.float64)
-            fs = np.zeros_like(b) if f is None else f[ys, xs].astype(np.float64)
+        if self.soft is not None:          # soft and hard pixels are disjoint: either order
+            idx, coeff, small = self.soft
+            pixels = out.reshape(-1, 3)    # a view: ``out`` is C-contiguous
+            b = pixels[idx].astype(np.float64)
+            fs = np.zeros_like(b) if fg is None else fg.reshape(-1, 3)[idx].astype(np.float64)
             v = (coeff * (fs - b) + np.where(small, b, fs)).astype(np.float32)
-            o[ys, xs] = np.clip(np.rint(v), 0, 255).astype(np.uint8)
-        np.copyto(o, 0 if f is None else f, where=self.hard)
+            pixels[idx] = np.clip(np.rint(v), 0, 255).astype(np.uint8)
+        np.copyto(out[self.box], 0 if fg is None else fg[self.box], where=self.hard)
         return out
 
 
