@@ -155,14 +155,14 @@ def split_task(fn, task) -> list[tuple[Any, int]]:
 
 def crash_record(fn, task, i: int, state: dict, exc: BaseException) -> Any:
     """The result a task of one sample gives when that sample killed its worker process: a named drop."""
-    reason = f"worker_crash: the worker process died on this sample ({exc})"
+    drop = Drop("worker_crash", f"the worker process died on this sample ({exc})", {"error": str(exc)}).to_dict()
     sid = state["ids"][i]
     if fn is _fit_task:
         return None
     if fn is _sample_task:
-        return [{"i": i, "id": sid, "reason": reason, "stage": "load"}]
+        return [{"i": i, "id": sid, **drop, "stage": "load"}]
     names = [name for name, p in task["partners"].items() if sid in p]
-    return [{"i": i, "id": sid, "reason": reason, "stage": "variant", "variant": ",".join(names)}] if names else []
+    return [{"i": i, "id": sid, **drop, "stage": "variant", "variant": ",".join(names)}] if names else []
 
 
 def _cached(i: int, which: int) -> np.ndarray | None:
