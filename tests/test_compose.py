@@ -166,3 +166,13 @@ def test_mask_plan_gives_the_bytes_of_the_torch_kernel(kind):
         assert np.array_equal(compose_np(fg, bg, m), _torch_ref(fg, bg, m))
         out = plan.compose(fg, bg)
         assert out.dtype == np.uint8 and out.flags.c_contiguous and not np.shares_memory(out, bg)
+
+
+def test_compose_np_takes_any_numeric_mask_as_the_torch_path_did():
+    """0/1 integer and float64 masks are cast to float32 first (as the tensor path always did)."""
+    g = np.random.default_rng(3)
+    fg, bg = g.integers(0, 256, (2, 9, 11, 3), dtype=np.uint8)
+    hard = g.integers(0, 2, (9, 11)).astype(np.uint8)
+    soft = g.random((9, 11))
+    assert np.array_equal(compose_np(fg, bg, hard), _torch_ref(fg, bg, hard.astype(np.float32)))
+    assert np.array_equal(compose_np(fg, bg, soft), _torch_ref(fg, bg, soft.astype(np.float32)))

@@ -95,7 +95,7 @@ def compose_np(fg: np.ndarray, bg: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """HxWx3 uint8 :func:`compose` for single images (numpy, no tensors; same bytes, see :class:`MaskPlan`)."""
     if fg.dtype == bg.dtype == np.uint8 and fg.ndim == bg.ndim == 3 and fg.shape == bg.shape \
             and fg.shape[2] == 3 and np.shape(mask) == fg.shape[:2]:
-        return MaskPlan(mask).compose(fg, bg)
+        return MaskPlan(mask if mask.dtype == bool else mask.astype(np.float32, copy=False)).compose(fg, bg)
     m = _tensor(mask) if mask.dtype == bool else _tensor(mask, np.float32)
     t = compose(_tensor(fg).permute(2, 0, 1), _tensor(bg).permute(2, 0, 1), m)
     return t.permute(1, 2, 0).contiguous().numpy()
@@ -117,6 +117,8 @@ class MaskPlan:
             raise ValueError(f"Mask must be HxW, got shape {m.shape}.")
         if m.dtype != bool and not np.issubdtype(m.dtype, np.floating):
             raise TypeError(f"Mask must be float in [0, 1] or bool, got {m.dtype}.")
+        if m.dtype != bool:
+            m = m.astype(np.float32, copy=False)      # the kernel's weight type: classify what it blends
         self.shape = m.shape
         nz = m if m.dtype == bool else m != 0
         rows, cols = np.flatnonzero(nz.any(1)), np.flatnonzero(nz.any(0))
