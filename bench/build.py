@@ -180,6 +180,28 @@ def run_naive(images: Path, masks: Path, out: Path, manifest: dict) -> dict:
     return {"n": len(manifest["samples"]), "wall": time.perf_counter() - t0, "cpu": time.process_time() - c0}
 
 
+def profile(images: Path, masks: Path, out: Path, n: int, top: int) -> None:
+    """Where one build's CPU time goes: cProfile timed by CPU seconds, the ``top`` functions by own time."""
+    import cProfile
+    import pstats
+
+    import torch  # noqa: F401  (imports and the source's plugins before the profiler: only the build is in it)
+
+    from bgbias.sources.base import create_source
+    from bgbias.synth import build as _  # noqa: F401
+
+    create_source(f"folder:{images}", masks=str(masks))
+    prof = cProfile.Profile(time.process_time)
+    prof.enable()
+    res = run_bgbias(images, masks, out, n)
+    prof.disable()
+    print(f"one build of {n} images: {res['cpu']:.2f} CPU-s (under the profiler)")
+    pstats.Stats(prof).sort_stats("tottime").print_stats(top)
+    print("the build's stages (time with callees):")     # variants, resize, cache reads vs the floor's own work
+    pstats.Stats(prof).sort_stats("cumulative").print_stats(
+        r"\((render_variants|fit_sample|_cached|_load_mask|_write_image|write_npy|read_image|read_mask|plan_pairing)\)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=500)
@@ -188,6 +210,8 @@ def main() -> None:
     ap.add_argument("--dir", default=None, help="where to build (default: the system temp folder); e.g. /dev/shm "
                     "to leave out the disk, whose per-file cost both runs pay alike")
     ap.add_argument("--json", help="also write the summary the README reads (e.g. docs/bench/build.json)")
+    ap.add_argument("--profile", type=int, metavar="K", help="instead: one build of --n images under cProfile "
+                    "(CPU time), print the K functions with the most time of their own, and exit")
     ap.add_argument("--child", nargs=5, metavar=("WHICH", "IMAGES", "MASKS", "OUT", "N"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -204,6 +228,9 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bgbias-bench-", dir=args.dir))
     try:
         images, masks = make_images(tmp / "data", n)
+        if args.profile:
+            profile(images, masks, tmp / "bgbias", n, args.profile)
+            return
 
         def child(which: str, k: int, name: str) -> dict:
             shutil.rmtree(tmp / name, ignore_errors=True)
