@@ -56,10 +56,9 @@ def resize_crop(arr: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 def box_mask(shape: tuple[int, int], boxes: Iterable[Box]) -> np.ndarray:
     """float32 HxW, 1 inside any of ``boxes`` (clipped to the image), 0 elsewhere."""
-    h, w = shape
-    m = np.zeros((h, w), np.float32)
-    for x0, y0, x1, y1 in boxes:
-        m[max(0, y0):max(0, min(h, y1)), max(0, x0):max(0, min(w, x1))] = 1.0
+    m = np.zeros(tuple(shape), np.float32)
+    for ys, xs in _box_slices(shape, boxes):
+        m[ys, xs] = 1.0
     return m
 
 
@@ -120,7 +119,7 @@ def only_bg_b(image: np.ndarray, boxes: Iterable[Box]) -> np.ndarray:
 
 
 def _box_slices(shape: tuple[int, int], boxes: Iterable[Box]) -> list[tuple[slice, slice]]:
-    """Each box clipped to the image as (rows, cols) slices, as :func:`box_mask` fills them."""
+    """Each box clipped to the image as (rows, cols) slices (what :func:`box_mask` fills)."""
     h, w = shape
     return [(slice(max(0, y0), max(0, min(h, y1))), slice(max(0, x0), max(0, min(w, x1)))) for x0, y0, x1, y1 in boxes]
 
