@@ -6,7 +6,8 @@ same files (same variants, same pairing, PIL's default PNG, everything recompute
 variant), and the **I/O floor**: decoding every input image and mask with bgbias's own readers and
 encoding + writing every output file the build wrote (its own pixels, loaded beforehand, same PNG
 encoder and level): no build can take less. The build's share of the floor is floor time over build
-time (1.0 = nothing but I/O). All per CPU-second (fair on a busy machine) and per wall-second, and the ratio.
+time (1.0 = nothing but I/O). The resize of every input to 224x224 (image and mask) is timed apart and
+reported as a second share, floor + resize over build (the floor as issue #19 words it). All per CPU-second (fair on a busy machine) and per wall-second, and the ratio.
 Each run is a fresh process; the two are interleaved for ``--rounds`` rounds and the median
 ratio is reported (the machine is shared). Then the peak RSS growth of a build of N/2 vs N images.
 """
@@ -28,6 +29,8 @@ import cv2
 import numpy as np
 
 from bgbias.core.layout import IN9_VARIANTS as IN9
+
+SIZE = (224, 224)
 
 
 def make_images(root: Path, n: int, h: int = 256, w: int = 320, classes: int = 9) -> tuple[Path, Path]:
@@ -61,34 +64,50 @@ def run_bgbias(images: Path, masks: Path, out: Path, n: int) -> dict:
     src = SubsetSource(src, range(n)) if n < len(src) else src
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     t0, c0 = time.perf_counter(), time.process_time()
-    build(src, out, BuildConfig(variants=IN9, size=(224, 224)), workers=1, progress=False)
+    build(src, out, BuildConfig(variants=IN9, size=SIZE), workers=1, progress=False)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     return {"n": n, "wall": wall, "cpu": cpu,
             "rss_growth_mb": (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024}
 
 
 def run_floor(images: Path, masks: Path, built: Path, out: Path) -> dict:
-    """The I/O floor: decode every input (image + mask), encode and write every file ``built`` holds."""
+    """The I/O floor: decode every input (image + mask), encode and write every file ``built`` holds.
+
+    Each output folder is made once, before the clock (the build makes each once too), and files are
+    written by plain string paths, so the floor carries no per-file overhead the build does not pay.
+    Then, timed apart (``cpu_resize``), the resize of every decoded input to the output size (image
+    and mask, :func:`bgbias.synth.build_worker.fit_sample`): the step the issue counts in the floor too.
+    """
     from bgbias.core.io import read_image, read_mask, write_npy, write_png
+    from bgbias.core.sample import Sample
     from bgbias.synth.build import BuildConfig
+    from bgbias.synth.build_worker import fit_sample
 
     level = BuildConfig().png_compression
     outputs = [(p.relative_to(built), np.load(p) if p.suffix == ".npy" else cv2.imread(str(p), cv2.IMREAD_UNCHANGED))
                for p in sorted(built.rglob("*")) if p.suffix in (".png", ".npy")]
-    outputs = [(rel, a if rel.suffix == ".npy" or a.ndim == 2 else np.ascontiguousarray(a[..., ::-1]))
+    outputs = [(str(out / rel), rel.suffix, a if rel.suffix == ".npy" or a.ndim == 2 else np.ascontiguousarray(a[..., ::-1]))
                for rel, a in outputs]
+    for d in sorted({os.path.dirname(path) for path, _, _ in outputs}):
+        os.makedirs(d, exist_ok=True)
     inputs = sorted(images.rglob("*.png"))
     t0, c0 = time.perf_counter(), time.process_time()
     for path in inputs:
         read_image(path)
         read_mask(masks / path.relative_to(images))
-    for rel, a in outputs:
-        (out / rel).parent.mkdir(parents=True, exist_ok=True)
-        if rel.suffix == ".npy":
-            write_npy(out / rel, a)
+    for path, suffix, a in outputs:
+        if suffix == ".npy":
+            write_npy(path, a)
         else:
-            write_png(out / rel, a, level)
-    return {"n": len(inputs), "files": len(outputs), "wall": time.perf_counter() - t0, "cpu": time.process_time() - c0}
+            write_png(path, a, level)
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    resize = 0.0
+    for path in inputs:
+        s = Sample(read_image(path), read_mask(masks / path.relative_to(images)), 0, path.stem)
+        c1 = time.process_time()
+        fit_sample(s, SIZE)
+        resize += time.process_time() - c1
+    return {"n": len(inputs), "files": len(outputs), "wall": wall, "cpu": cpu, "cpu_resize": resize}
 
 
 # ---------------------------------------------------------------- the naive loop
@@ -161,6 +180,28 @@ def run_naive(images: Path, masks: Path, out: Path, manifest: dict) -> dict:
     return {"n": len(manifest["samples"]), "wall": time.perf_counter() - t0, "cpu": time.process_time() - c0}
 
 
+def profile(images: Path, masks: Path, out: Path, n: int, top: int) -> None:
+    """Where one build's CPU time goes: cProfile timed by CPU seconds, the ``top`` functions by own time."""
+    import cProfile
+    import pstats
+
+    import torch  # noqa: F401  (imports and the source's plugins before the profiler: only the build is in it)
+
+    from bgbias.sources.base import create_source
+    from bgbias.synth import build as _  # noqa: F401
+
+    create_source(f"folder:{images}", masks=str(masks))
+    prof = cProfile.Profile(time.process_time)
+    prof.enable()
+    res = run_bgbias(images, masks, out, n)
+    prof.disable()
+    print(f"one build of {n} images: {res['cpu']:.2f} CPU-s (under the profiler)")
+    pstats.Stats(prof).sort_stats("tottime").print_stats(top)
+    print("the build's stages (time with callees):")     # variants, resize, cache reads vs the floor's own work
+    pstats.Stats(prof).sort_stats("cumulative").print_stats(
+        r"\((render_variants|fit_sample|_cached|_load_mask|_write_image|write_npy|read_image|read_mask|plan_pairing)\)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=500)
@@ -169,6 +210,8 @@ def main() -> None:
     ap.add_argument("--dir", default=None, help="where to build (default: the system temp folder); e.g. /dev/shm "
                     "to leave out the disk, whose per-file cost both runs pay alike")
     ap.add_argument("--json", help="also write the summary the README reads (e.g. docs/bench/build.json)")
+    ap.add_argument("--profile", type=int, metavar="K", help="instead: one build of --n images under cProfile "
+                    "(CPU time), print the K functions with the most time of their own, and exit")
     ap.add_argument("--child", nargs=5, metavar=("WHICH", "IMAGES", "MASKS", "OUT", "N"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -185,6 +228,9 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bgbias-bench-", dir=args.dir))
     try:
         images, masks = make_images(tmp / "data", n)
+        if args.profile:
+            profile(images, masks, tmp / "bgbias", n, args.profile)
+            return
 
         def child(which: str, k: int, name: str) -> dict:
             shutil.rmtree(tmp / name, ignore_errors=True)
@@ -216,6 +262,10 @@ def main() -> None:
         print(f"  build's share of the I/O floor: {statistics.median(shares):.2f} (floor CPU-s / build CPU-s; rounds "
               f"{', '.join(f'{x:.2f}' for x in shares)}; 1.0 = the build does nothing but read and write; "
               f"{floor[-1]['files']} files)")
+        with_resize = sorted((f["cpu"] + f["cpu_resize"]) / a["cpu"] for a, f in zip(ours, floor))
+        print(f"  with the resize to 224x224 in the floor: {statistics.median(with_resize):.2f} (rounds "
+              f"{', '.join(f'{x:.2f}' for x in with_resize)}; resize {med(floor, 'cpu_resize'):.2f} CPU-s of "
+              f"{med(floor, 'cpu'):.2f} for decode + encode + write)")
         print(f"  peak RSS growth: {half['rss_growth_mb']:.1f} MB for {half['n']} images, "
               f"{ours[-1]['rss_growth_mb']:.1f} MB for {n} images")
         if args.json:
@@ -225,6 +275,7 @@ def main() -> None:
                                                               "naive": round(n / med(naive, "cpu"), 1)},
                        "speedup_cpu": round(statistics.median(ratios), 2), "speedup_rounds": [round(x, 2) for x in ratios],
                        "floor_share": round(statistics.median(shares), 3), "floor_share_rounds": [round(x, 3) for x in shares],
+                       "floor_with_resize_share": round(statistics.median(with_resize), 3),
                        "rss_growth_mb": {str(half["n"]): round(half["rss_growth_mb"], 1),
                                          str(n): round(ours[-1]["rss_growth_mb"], 1)}, "same_files": same}
             Path(args.json).write_text(json.dumps(summary, indent=1) + "\n")

@@ -129,3 +129,50 @@ def test_one_hxw_mask_broadcasts_over_a_batch(dtype):
     assert torch.equal(compose(fg, bg, m), out)
     with pytest.raises(ValueError, match="does not fit"):
         compose(fg, bg, torch.ones(2, 4, 1, 8, 8))
+
+
+def _torch_ref(fg: np.ndarray, bg: np.ndarray, m: np.ndarray) -> np.ndarray:
+    t = lambda a: torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1)  # noqa: E731
+    return compose(t(fg), t(bg), torch.from_numpy(m)).permute(1, 2, 0).numpy()
+
+
+@pytest.mark.parametrize("kind", ["random", "k/512", "k/255", "halves", "hard_float", "bool", "empty", "full"])
+def test_mask_plan_gives_the_bytes_of_the_torch_kernel(kind):
+    """The build's numpy path (one MaskPlan per image, many composites) is the same kernel: byte for byte
+    what :func:`compose` gives, for soft weights at every rounding edge (k/255, k/512, exactly 0.5), hard
+    masks stored as float or bool, empty and full masks, and black (None) layers."""
+    from bgbias.core.compose import MaskPlan
+
+    g = np.random.default_rng(len(kind))
+    for _ in range(25):
+        h, w = (int(v) for v in g.integers(1, 60, 2))
+        fg, bg = g.integers(0, 256, (2, h, w, 3), dtype=np.uint8)
+        m = {"random": lambda: g.random((h, w), dtype=np.float32),
+             "k/512": lambda: (g.integers(0, 513, (h, w)) / 512).astype(np.float32),
+             "k/255": lambda: (g.integers(0, 256, (h, w)) / 255).astype(np.float32),
+             "halves": lambda: np.where(g.random((h, w)) < 0.3, 0.5, g.integers(0, 2, (h, w))).astype(np.float32),
+             "hard_float": lambda: g.integers(0, 2, (h, w)).astype(np.float32),
+             "bool": lambda: g.random((h, w)) < 0.4,
+             "empty": lambda: np.zeros((h, w), np.float32),
+             "full": lambda: np.ones((h, w), np.float32)}[kind]()
+        if kind == "random" and h > 4 and w > 4:     # soft support inside a box, as an object's mask
+            m[: h // 3] = 0
+            m[:, : w // 4] = 0
+        plan = MaskPlan(m)
+        black = np.zeros_like(fg)
+        assert np.array_equal(plan.compose(fg, bg), _torch_ref(fg, bg, m))
+        assert np.array_equal(plan.compose(None, bg), _torch_ref(black, bg, m))
+        assert np.array_equal(plan.compose(fg, None), _torch_ref(fg, black, m))
+        assert np.array_equal(compose_np(fg, bg, m), _torch_ref(fg, bg, m))
+        out = plan.compose(fg, bg)
+        assert out.dtype == np.uint8 and out.flags.c_contiguous and not np.shares_memory(out, bg)
+
+
+def test_compose_np_takes_any_numeric_mask_as_the_torch_path_did():
+    """0/1 integer and float64 masks are cast to float32 first (as the tensor path always did)."""
+    g = np.random.default_rng(3)
+    fg, bg = g.integers(0, 256, (2, 9, 11, 3), dtype=np.uint8)
+    hard = g.integers(0, 2, (9, 11)).astype(np.uint8)
+    soft = g.random((9, 11))
+    assert np.array_equal(compose_np(fg, bg, hard), _torch_ref(fg, bg, hard.astype(np.float32)))
+    assert np.array_equal(compose_np(fg, bg, soft), _torch_ref(fg, bg, soft.astype(np.float32)))

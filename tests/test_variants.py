@@ -131,3 +131,38 @@ def test_pairing_reports_foregrounds_without_candidates():
     assert set(plan) == {"a", "b"} and "no other image of class 1" in missing["c"]
     plan, missing = plan_pairing(["a", "b"], [0, 1], 3, 0, "mixed_next", "next")
     assert plan == {"a": "b"} and "next class 2" in missing["b"]
+
+
+def _samples_for_kernel() -> list[Sample]:
+    """Soft-edged masks (as a resize leaves them), hard ones, several boxes (one past the frame), tall and wide."""
+    import cv2
+
+    out = []
+    for k, (h, w) in enumerate([(32, 40), (57, 23), (24, 61)]):
+        img, m = make_image_and_mask(h, w, k)
+        soft = np.clip(cv2.GaussianBlur(m, (5, 5), 1.2), 0, 1)
+        out += [Sample(img, soft, 0, f"soft{k}"), Sample(img, m, 0, f"hard{k}"),
+                Sample(img, soft, 0, f"boxes{k}", ((1, 2, w // 3, h // 2), (w // 2, h // 3, w + 5, h - 2)))]
+    return out
+
+
+@pytest.mark.parametrize("sample", _samples_for_kernel(), ids=lambda s: s.id)
+def test_render_variants_gives_the_kernel_bytes_of_each_variants_layers(sample):
+    """The build's short way (MaskPlan, box-only fills) equals each variant's (fg, bg, mask) layers through
+    the torch kernel, byte for byte, for every listed variant."""
+    import torch
+
+    from bgbias.core.compose import compose
+
+    torch.set_num_threads(1)
+    partner = _partner()
+    partner = np.ascontiguousarray(np.resize(partner, (*sample.size, 3))) if partner.shape[:2] != sample.size else partner
+    variants = [_fitted(create_variant(n), sample) for n in list_variants()]
+    got = render_variants(sample, variants, 3, {v.name: partner for v in variants if v.pairing})
+    boxed = sample.with_(boxes=sample.object_boxes())
+    t = lambda a: torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1)  # noqa: E731
+    for v in variants:
+        lay = v.layers(boxed, 3, partner if v.pairing else None)
+        want = sample.image if lay is None else \
+            compose(t(lay[0]), t(lay[1]), torch.from_numpy(np.ascontiguousarray(lay[2]))).permute(1, 2, 0).numpy()
+        assert got[v.name].dtype == np.uint8 and np.array_equal(got[v.name], want), v.name

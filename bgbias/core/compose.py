@@ -92,10 +92,67 @@ def _support_box(m: torch.Tensor) -> tuple[int, int, int, int] | None:
 
 
 def compose_np(fg: np.ndarray, bg: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """HxWx3 uint8 convenience wrapper around :func:`compose` for single images."""
+    """HxWx3 uint8 :func:`compose` for single images (numpy, no tensors; same bytes, see :class:`MaskPlan`)."""
+    if fg.dtype == bg.dtype == np.uint8 and fg.ndim == bg.ndim == 3 and fg.shape == bg.shape \
+            and fg.shape[2] == 3 and np.shape(mask) == fg.shape[:2]:
+        return MaskPlan(mask if mask.dtype == bool else mask.astype(np.float32, copy=False)).compose(fg, bg)
     m = _tensor(mask) if mask.dtype == bool else _tensor(mask, np.float32)
     t = compose(_tensor(fg).permute(2, 0, 1), _tensor(bg).permute(2, 0, 1), m)
     return t.permute(1, 2, 0).contiguous().numpy()
+
+
+class MaskPlan:
+    """One HxW mask split once into its hard foreground (m == 1) and soft edge (0 < m < 1), for the many
+    uint8 composites of one image (No-FG, Only-FG, each Mixed-*): the build's path, numpy only.
+
+    Byte for byte :func:`compose` (tested against it): pixels at m == 0 are bg, at m == 1 fg, and a soft
+    pixel is torch's ``lerp`` (``fma(w, fg - bg, bg)`` for w < 0.5, else ``fma(w - 1, fg - bg, fg)``,
+    one float32 rounding) rounded half to even. The fused multiply-add is exact here in float64 (a
+    24-bit weight times a 9-bit difference plus an integer), so rounding that to float32 is torch's.
+    """
+
+    def __init__(self, mask: np.ndarray):
+        m = np.asarray(mask)
+        if m.ndim != 2:
+            raise ValueError(f"Mask must be HxW, got shape {m.shape}.")
+        if m.dtype != bool and not np.issubdtype(m.dtype, np.floating):
+            raise TypeError(f"Mask must be float in [0, 1] or bool, got {m.dtype}.")
+        if m.dtype != bool:
+            m = m.astype(np.float32, copy=False)      # the kernel's weight type: classify what it blends
+        self.shape = m.shape
+        nz = m if m.dtype == bool else m != 0
+        rows, cols = np.flatnonzero(nz.any(1)), np.flatnonzero(nz.any(0))
+        if rows.size == 0:
+            self.box = None
+            return
+        self.box = (slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1))
+        mb = m[self.box]                   # the object's box: everything outside it is bg
+        hard = mb if m.dtype == bool else mb == 1
+        self.hard = np.repeat(hard[..., None], 3, axis=2)   # full shape: copyto ~10x faster than broadcast
+        self.soft = None
+        if m.dtype != bool:
+            ys, xs = np.nonzero(nz[self.box] & ~hard)
+            if ys.size:
+                w = mb[ys, xs].astype(np.float32, copy=False)
+                small = (np.abs(w) < 0.5)[:, None]
+                flat = (ys + self.box[0].start) * m.shape[1] + (xs + self.box[1].start)   # pixel index in HxW
+                self.soft = (flat, np.where(small[:, 0], w, w - np.float32(1)).astype(np.float64)[:, None], small)
+
+    def compose(self, fg: np.ndarray | None, bg: np.ndarray | None) -> np.ndarray:
+        """uint8 HxWx3 ``m * fg + (1 - m) * bg`` as a new C-contiguous array; ``None`` is a black layer."""
+        h, w = self.shape
+        out = np.zeros((h, w, 3), np.uint8) if bg is None else np.array(bg, dtype=np.uint8, order="C", copy=True)
+        if self.box is None:
+            return out
+        if self.soft is not None:          # soft and hard pixels are disjoint: either order
+            idx, coeff, small = self.soft
+            pixels = out.reshape(-1, 3)    # a view: ``out`` is C-contiguous
+            b = pixels[idx].astype(np.float64)
+            fs = np.zeros_like(b) if fg is None else fg.reshape(-1, 3)[idx].astype(np.float64)
+            v = (coeff * (fs - b) + np.where(small, b, fs)).astype(np.float32)
+            pixels[idx] = np.clip(np.rint(v), 0, 255).astype(np.uint8)
+        np.copyto(out[self.box], 0 if fg is None else fg[self.box], where=self.hard)
+        return out
 
 
 def _tensor(a: np.ndarray, dtype=None) -> torch.Tensor:

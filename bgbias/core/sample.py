@@ -102,11 +102,15 @@ class Sample:
 
 
 def mask_box(mask: np.ndarray, thresh: float = 0.5) -> Box | None:
-    """Tight box of ``mask > thresh`` or ``None`` when empty."""
-    ys, xs = np.nonzero(mask > thresh)
-    if ys.size == 0:
+    """Tight box of ``mask > thresh`` or ``None`` when empty (row/column reductions: no index arrays)."""
+    on = np.asarray(mask) > thresh
+    if on.ndim != 2:
+        ys, xs = np.nonzero(on)
+        return None if ys.size == 0 else (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
+    rows, cols = np.flatnonzero(on.any(1)), np.flatnonzero(on.any(0))
+    if rows.size == 0:
         return None
-    return int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
+    return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
 
 
 def to_rgb_uint8(arr: np.ndarray) -> np.ndarray:

@@ -56,11 +56,24 @@ def resize_crop(arr: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 def box_mask(shape: tuple[int, int], boxes: Iterable[Box]) -> np.ndarray:
     """float32 HxW, 1 inside any of ``boxes`` (clipped to the image), 0 elsewhere."""
-    h, w = shape
-    m = np.zeros((h, w), np.float32)
-    for x0, y0, x1, y1 in boxes:
-        m[max(0, y0):max(0, min(h, y1)), max(0, x0):max(0, min(w, x1))] = 1.0
+    m = np.zeros(tuple(shape), np.float32)
+    for ys, xs in _box_slices(shape, boxes):
+        m[ys, xs] = 1.0
     return m
+
+
+def _strip(image: np.ndarray, boxes: Iterable[Box]) -> tuple[str, np.ndarray, int]:
+    """(side, strip, phase) of :func:`tile_strip`: the largest margin around the union of ``boxes``."""
+    h, w = image.shape[:2]
+    x0 = max(0, min(b[0] for b in boxes)); y0 = max(0, min(b[1] for b in boxes))
+    x1 = min(w, max(b[2] for b in boxes)); y1 = min(h, max(b[3] for b in boxes))
+    strips = [("left", x0 * h), ("right", (w - x1) * h), ("top", y0 * w), ("bottom", (h - y1) * w)]
+    side, area = max(strips, key=lambda s: s[1])  # max keeps the first of equal areas
+    if area <= 0:
+        raise BadSample("object box covers the whole image (no background strip to tile for Only-BG-T)")
+    if side in ("left", "right"):
+        return side, (image[:, :x0] if side == "left" else image[:, x1:]), x0
+    return side, (image[:y0] if side == "top" else image[y1:]), y0
 
 
 def tile_strip(image: np.ndarray, boxes: Iterable[Box]) -> np.ndarray:
@@ -72,30 +85,43 @@ def tile_strip(image: np.ndarray, boxes: Iterable[Box]) -> np.ndarray:
     Raises :class:`BadSample` when the boxes leave no margin to tile from.
     """
     h, w = image.shape[:2]
-    x0 = max(0, min(b[0] for b in boxes)); y0 = max(0, min(b[1] for b in boxes))
-    x1 = min(w, max(b[2] for b in boxes)); y1 = min(h, max(b[3] for b in boxes))
-    strips = [("left", x0 * h), ("right", (w - x1) * h), ("top", y0 * w), ("bottom", (h - y1) * w)]
-    side, area = max(strips, key=lambda s: s[1])  # max keeps the first of equal areas
-    if area <= 0:
-        raise BadSample("object box covers the whole image (no background strip to tile for Only-BG-T)")
+    side, strip, phase = _strip(image, boxes)
     if side in ("left", "right"):
-        strip = image[:, :x0] if side == "left" else image[:, x1:]
-        return np.ascontiguousarray(strip[:, (np.arange(w) - x0) % strip.shape[1]])
-    strip = image[:y0] if side == "top" else image[y1:]
-    return np.ascontiguousarray(strip[(np.arange(h) - y0) % strip.shape[0]])
+        return np.ascontiguousarray(strip[:, (np.arange(w) - phase) % strip.shape[1]])
+    return np.ascontiguousarray(strip[(np.arange(h) - phase) % strip.shape[0]])
 
 
 def only_bg_t(image: np.ndarray, boxes: Iterable[Box]) -> np.ndarray:
     """IN-9 Only-BG-T: the box region filled by :func:`tile_strip`; pixels outside the boxes unchanged.
 
-    Returns a new uint8 HxWx3 array (a copy of ``image`` when there are no boxes).
+    Returns a new uint8 HxWx3 array (a copy of ``image`` when there are no boxes). Only the boxes'
+    pixels of the tiling are made (the same pixels as pasting the full tiling through :func:`box_mask`).
     """
-    from bgbias.core.compose import compose_np
-
     boxes = tuple(boxes)
+    out = image.copy()
     if not boxes:
-        return image.copy()
-    return compose_np(tile_strip(image, boxes), image, box_mask(image.shape[:2], boxes) > 0)
+        return out
+    side, strip, phase = _strip(image, boxes)
+    for ys, xs in _box_slices(image.shape[:2], boxes):
+        if side in ("left", "right"):
+            out[ys, xs] = strip[ys, (np.arange(xs.start, max(xs.start, xs.stop)) - phase) % strip.shape[1]]
+        else:
+            out[ys, xs] = strip[(np.arange(ys.start, max(ys.start, ys.stop)) - phase) % strip.shape[0], xs]
+    return out
+
+
+def only_bg_b(image: np.ndarray, boxes: Iterable[Box]) -> np.ndarray:
+    """IN-9 Only-BG-B: a copy of ``image`` with the box(es) black (the pixels of ``box_mask``)."""
+    out = image.copy()
+    for ys, xs in _box_slices(image.shape[:2], boxes):
+        out[ys, xs] = 0
+    return out
+
+
+def _box_slices(shape: tuple[int, int], boxes: Iterable[Box]) -> list[tuple[slice, slice]]:
+    """Each box clipped to the image as (rows, cols) slices (what :func:`box_mask` fills)."""
+    h, w = shape
+    return [(slice(max(0, y0), max(0, min(h, y1))), slice(max(0, x0), max(0, min(w, x1)))) for x0, y0, x1, y1 in boxes]
 
 
 def to_uint8(t: torch.Tensor) -> np.ndarray:

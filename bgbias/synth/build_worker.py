@@ -6,8 +6,8 @@ atomically and return records; the main process writes the manifest.
 """
 from __future__ import annotations
 
+import io
 import os
-from pathlib import Path
 from typing import Any, Sequence
 
 import cv2
@@ -99,12 +99,13 @@ def _sample_task(task: dict) -> list[dict]:
         for i in task["chunk"]:
             paths = {v.name: _path(v.dirname, i) for v in plain}
             mpath = _path(MASK_DIR, i, ".npy")
-            if mpath.exists() and all(p.exists() for p in paths.values()):
+            have_mask = os.path.exists(mpath)                 # one stat per file: a fresh build has none
+            todo = [v for v in plain if not os.path.exists(paths[v.name])]
+            if have_mask and not todo:
                 records.append({"i": i})
                 continue
             try:
                 s = _prepared(i)
-                todo = [v for v in plain if not paths[v.name].exists()]
                 images = render_variants(s, todo, cfg.seed)
                 if need_tiles:                                # a partner must have an Only-BG-T background
                     tiled = images["only_bg_t"] if "only_bg_t" in images else only_bg_t(s.image, s.object_boxes())
@@ -113,7 +114,7 @@ def _sample_task(task: dict) -> list[dict]:
                 continue
             for v in todo:
                 _write_image(paths[v.name], images[v.name])
-            if not mpath.exists():
+            if not have_mask:
                 write_npy(mpath, s.mask.astype(np.float32))
             rec: dict[str, Any] = {"i": i}
             if need_tiles:
@@ -154,30 +155,62 @@ def split_task(fn, task) -> list[tuple[Any, int]]:
 
 def crash_record(fn, task, i: int, state: dict, exc: BaseException) -> Any:
     """The result a task of one sample gives when that sample killed its worker process: a named drop."""
-    reason = f"worker_crash: the worker process died on this sample ({exc})"
+    drop = Drop("worker_crash", f"the worker process died on this sample ({exc})", {"error": str(exc)}).to_dict()
     sid = state["ids"][i]
     if fn is _fit_task:
         return None
     if fn is _sample_task:
-        return [{"i": i, "id": sid, "reason": reason, "stage": "load"}]
+        return [{"i": i, "id": sid, **drop, "stage": "load"}]
     names = [name for name, p in task["partners"].items() if sid in p]
-    return [{"i": i, "id": sid, "reason": reason, "stage": "variant", "variant": ",".join(names)}] if names else []
+    return [{"i": i, "id": sid, **drop, "stage": "variant", "variant": ",".join(names)}] if names else []
 
 
 def _cached(i: int, which: int) -> np.ndarray | None:
-    """Sample ``i``'s original (which=0) or Only-BG-T (which=1) from the chunk cache, if pass 1 left it."""
+    """Sample ``i``'s original (which=0) or Only-BG-T (which=1) from the chunk cache, if pass 1 left it.
+
+    The cache files a mixed task reads stay open for the task (:data:`_OPEN`, closed by it): one
+    seek and read per image instead of an open per image.
+    """
     loc = _STATE.get("cache", {}).get(i)
     if loc is None:
         return None
     k, offset, h, w = loc
     n = h * w * 3
-    arr = np.fromfile(_cache_file(k), dtype=np.uint8, count=n, offset=offset + which * n)
-    if arr.size != n:
+    name = _cache_file(k)
+    f = _OPEN.get(name)
+    if f is None:
+        if len(_OPEN) >= 64:
+            _close_cache()
+        f = _OPEN[name] = open(name, "rb")
+    f.seek(offset + which * n)
+    arr = np.empty((h, w, 3), np.uint8)
+    if f.readinto(memoryview(arr).cast("B")) != n:
         raise BadSample(f"build cache for chunk {k} is truncated")
-    return arr.reshape(h, w, 3)
+    return arr
 
 
-def _write_image(path: Path, image: np.ndarray) -> None:
+def _close_cache() -> None:
+    while _OPEN:
+        _OPEN.popitem()[1].close()
+
+
+def _load_mask(path: str, shape: tuple[int, int]) -> np.ndarray:
+    """The ``fg_mask`` file pass 1 wrote (float32 HxW): one read when its header is the one ``np.save`` writes
+    for that shape, else ``np.load``."""
+    head = _NPY_HEADERS.get(shape)
+    if head is None:
+        buf = io.BytesIO()
+        np.save(buf, np.zeros(shape, np.float32), allow_pickle=False)
+        head = _NPY_HEADERS[shape] = buf.getvalue()[:-4 * shape[0] * shape[1]]
+    data = bytearray(os.path.getsize(path))
+    with open(path, "rb") as f:
+        got = f.readinto(data)
+    if got != len(data) or len(data) != len(head) + 4 * shape[0] * shape[1] or data[:len(head)] != head:
+        return np.load(path, allow_pickle=False)
+    return np.frombuffer(data, np.float32, offset=len(head)).reshape(shape)
+
+
+def _write_image(path: str, image: np.ndarray) -> None:
     """PNG, or JPEG (quality 95, 4:4:4; deterministic bytes for one libjpeg) for builds the official scripts read."""
     cfg = _STATE["config"]
     if cfg.image_format == "jpeg":
@@ -185,7 +218,7 @@ def _write_image(path: Path, image: np.ndarray) -> None:
                                [cv2.IMWRITE_JPEG_QUALITY, 95, cv2.IMWRITE_JPEG_SAMPLING_FACTOR,
                                 cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444])
         if not ok:
-            raise BadSample(f"cannot encode {path.name} as JPEG")
+            raise BadSample(f"cannot encode {os.path.basename(path)} as JPEG")
         atomic_write_bytes(path, buf.tobytes())
     else:
         write_png(path, image, cfg.png_compression)
@@ -196,23 +229,23 @@ def _lossless() -> bool:
     return _STATE["config"].image_format == "png"
 
 
-def _path(variant_dir: str, i: int, ext: str | None = None) -> Path:
+def _path(variant_dir: str, i: int, ext: str | None = None) -> str:
     """OUT/<variant_dir>/<split>/<class>/<id><ext> (ext: the build's image format by default); folders checked by
-    ``safe_join`` once, ids checked in :func:`build`."""
+    ``safe_join`` once, ids checked in :func:`build`. A plain string: pathlib costs more than the stat."""
     if ext is None:
         ext = ".JPEG" if _STATE["config"].image_format == "jpeg" else ".png"
     cdir, split = _STATE["class_dirs"][_STATE["labels"][i]], _STATE["splits"][i]
     key = (variant_dir, split, cdir)
     d = _DIRS.get(key)
     if d is None:
-        d = _DIRS[key] = safe_join(_STATE["out"], variant_dir, split, cdir)
-    return d / (_STATE["ids"][i] + ext)
+        d = _DIRS[key] = os.fspath(safe_join(_STATE["out"], variant_dir, split, cdir))
+    return os.path.join(d, _STATE["ids"][i] + ext)
 
 
-def _read_png(path: Path) -> np.ndarray:
-    arr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+def _read_png(path: str) -> np.ndarray:
+    arr = cv2.imread(path, cv2.IMREAD_COLOR)
     if arr is None:
-        raise BadSample(f"cannot read back {path.name}")
+        raise BadSample(f"cannot read back {os.path.basename(path)}")
     return cv2.cvtColor(arr, cv2.COLOR_BGR2RGB)
 
 
@@ -220,8 +253,8 @@ def _foreground(i: int) -> Sample:
     p, mp_ = _path("original", i), _path(MASK_DIR, i, ".npy")
     image = _cached(i, 0)
     if image is not None:
-        return Sample(image, np.load(mp_, allow_pickle=False), _STATE["labels"][i], _STATE["ids"][i])
-    if "original" in _STATE["written"] and p.exists() and mp_.exists() and _lossless():
+        return Sample(image, _load_mask(mp_, image.shape[:2]), _STATE["labels"][i], _STATE["ids"][i])
+    if "original" in _STATE["written"] and os.path.exists(p) and os.path.exists(mp_) and _lossless():
         return Sample(_read_png(p), np.load(mp_, allow_pickle=False), _STATE["labels"][i], _STATE["ids"][i])
     return _prepared(i)
 
@@ -231,7 +264,7 @@ def _background(j: int) -> np.ndarray:
     if cached is not None:
         return cached
     p = _path("only_bg_t", j)
-    if "only_bg_t" in _STATE["written"] and p.exists() and _lossless():
+    if "only_bg_t" in _STATE["written"] and os.path.exists(p) and _lossless():
         return _read_png(p)
     s = _prepared(j)
     return only_bg_t(s.image, s.object_boxes())
@@ -242,26 +275,35 @@ def _mixed_task(task: dict) -> list[dict]:
     _STATE["cache"] = task["cache"]
     paired = [v for v in _STATE["variants"] if v.pairing]
     records = []
-    for i in task["chunk"]:
-        sid = _STATE["ids"][i]
-        todo = [v for v in paired if sid in task["partners"][v.name] and not _path(v.dirname, i).exists()]
-        if not todo:
-            continue
-        try:
-            s = _foreground(i)
-            bgs, cache = {}, {}                       # per foreground only: memory stays one sample's worth
-            for v in todo:
-                j = task["partners"][v.name][sid]
-                if j not in cache:
-                    cache[j] = _background(j)
-                bgs[v.name] = cache[j]
-            images = render_variants(s, todo, cfg.seed, bgs)
-        except Exception as e:
-            records.append({**_drop(i, e, "variant"), "variant": ",".join(v.name for v in todo)})
-            continue
-        for v in todo:
-            _write_image(_path(v.dirname, i), images[v.name])
+    try:
+        for i in task["chunk"]:
+            _mixed_one(i, task, paired, cfg, records)
+    finally:
+        _close_cache()
     return records
+
+
+def _mixed_one(i: int, task: dict, paired: list, cfg: Any, records: list[dict]) -> None:
+    """The Mixed-* images of foreground ``i``: its pixels on each partner's Only-BG-T."""
+    sid = _STATE["ids"][i]
+    paths = {v.name: _path(v.dirname, i) for v in paired if sid in task["partners"][v.name]}
+    todo = [v for v in paired if v.name in paths and not os.path.exists(paths[v.name])]
+    if not todo:
+        return
+    try:
+        s = _foreground(i)
+        bgs, cache = {}, {}                       # per foreground only: memory stays one sample's worth
+        for v in todo:
+            j = task["partners"][v.name][sid]
+            if j not in cache:
+                cache[j] = _background(j)
+            bgs[v.name] = cache[j]
+        images = render_variants(s, todo, cfg.seed, bgs)
+    except Exception as e:
+        records.append({**_drop(i, e, "variant"), "variant": ",".join(v.name for v in todo)})
+        return
+    for v in todo:
+        _write_image(paths[v.name], images[v.name])
 
 
 CACHE = ".bgbias-cache"          # raw originals + Only-BG-T per chunk, for the mixed pass; removed at the end
@@ -310,4 +352,6 @@ def fit_sample(sample: Sample, size: tuple[int, int] | None) -> Sample:
 
 
 _STATE: dict[str, Any] = {}
-_DIRS: dict[tuple[str, str, str], Path] = {}
+_DIRS: dict[tuple[str, str, str], str] = {}
+_OPEN: dict[str, Any] = {}                               # cache files open for the running mixed task
+_NPY_HEADERS: dict[tuple[int, int], bytes] = {}

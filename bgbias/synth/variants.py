@@ -23,9 +23,8 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import torch
 
-from bgbias.core.compose import compose
+from bgbias.core.compose import MaskPlan, compose_np
 from bgbias.core.layout import IN9_VARIANTS, sanitize_name
 from bgbias.core.registry import Registry, Spec, natural_key
 from bgbias.core.sample import BadSample, Sample
@@ -35,6 +34,8 @@ from bgbias.synth.backgrounds import (
     Background,
     box_mask,
     create_background,
+    only_bg_b,
+    only_bg_t,
     resize_crop,
     texture_kind,
     tile_strip,
@@ -106,34 +107,40 @@ class Variant:
 
 def render_variants(sample: Sample, variants: Sequence[Variant], seed: int = 0,
                     partner_bgs: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
-    """All ``variants`` of one sample -> {name: uint8 HxWx3}, batched into one :func:`compose` call per mask
-    kind (hard masks, such as boxes, take the kernel's fast integer path; soft ones blend)."""
+    """All ``variants`` of one sample -> {name: uint8 HxWx3}.
+
+    Each variant is its :meth:`Variant.layers` composited by the one kernel, computed the short way:
+    the mask is split once (:class:`bgbias.core.compose.MaskPlan`) for every variant that pastes
+    through it, box variants copy or fill only their boxes, and no black layer is ever allocated.
+    The bytes are :func:`bgbias.core.compose.compose` of the layers (tested).
+    """
     out: dict[str, np.ndarray] = {}
     if not sample.boxes and sample.mask is not None and any(v.recipe.startswith("box_") for v in variants):
         # the mask's box, found once for all box variants
         sample = sample.with_(boxes=sample.object_boxes())
-    groups: dict[bool, list] = {True: [], False: []}
-    hard_cache: dict[int, bool] = {}
+    plan: MaskPlan | None = None
     for v in variants:
-        lay = v.layers(sample, seed, (partner_bgs or {}).get(v.name))
-        if lay is None:
-            out[v.name] = sample.image
+        if v.recipe in ("original", "box_black", "box_tiled"):
+            if v.recipe != "original" and not sample.boxes:
+                raise BadSample("no object box and no foreground to derive one from")
+            out[v.name] = sample.image if v.recipe == "original" else \
+                only_bg_b(sample.image, sample.boxes) if v.recipe == "box_black" else only_bg_t(sample.image, sample.boxes)
             continue
-        m = lay[2]
-        if id(m) not in hard_cache:
-            hard_cache[id(m)] = m.dtype == bool or not np.any((m != 0) & (m != 1))
-        groups[hard_cache[id(m)]].append((v.name, *lay))
-    for hard, items in groups.items():
-        if not items:
+        if sample.mask is None:
+            raise BadSample(f"variant {v.name} needs a foreground mask; the sample has none")
+        if v.recipe not in ("mask_black", "fg_only", "paste"):
+            fg, bg, m = v.layers(sample, seed, (partner_bgs or {}).get(v.name))   # a recipe of a subclass
+            out[v.name] = compose_np(fg, bg, m)
             continue
-        to_t = lambda arrs: torch.from_numpy(np.stack(arrs)).permute(0, 3, 1, 2)  # noqa: E731
-        same = all(it[3] is items[0][3] or np.array_equal(it[3], items[0][3]) for it in items)  # broadcasts for free
-        masks = items[0][3][None] if same else np.stack([it[3] for it in items])
-        masks = masks.astype(bool) if hard else masks.astype(np.float32, copy=False)
-        res = compose(to_t([it[1] for it in items]), to_t([it[2] for it in items]), torch.from_numpy(masks))
-        res = res.permute(0, 2, 3, 1).contiguous().numpy()
-        out.update({it[0]: res[k] for k, it in enumerate(items)})
-    return {v.name: out[v.name] for v in variants}
+        if plan is None:
+            plan = MaskPlan(sample.mask)
+        if v.recipe == "mask_black":
+            out[v.name] = plan.compose(None, sample.image)
+        elif v.recipe == "fg_only":
+            out[v.name] = plan.compose(sample.image, None)
+        else:
+            out[v.name] = plan.compose(*v.layers(sample, seed, (partner_bgs or {}).get(v.name))[:2])
+    return out
 
 
 # ---------------------------------------------------------------- pairing
