@@ -68,3 +68,33 @@ def test_clean_forwards_run_in_full_batches(tmp_path, monkeypatch):
     cfg = ChallengeConfig(model="test:model", data=str(root), progress=False, device="cpu", batch_size=8, active=3)
     r = run_challenge(cfg, loaded=LoadedModel(L.MeanColour(), "test:model"))
     assert [c for call in calls for c in call] == [8, 8, 5] and r["clean_forwards"] == 21
+
+
+def _search(root, batch_size: int):
+    from bgbias.audit.challenge import prepare
+    from bgbias.audit.challenge_state import start_state
+
+    cfg = ChallengeConfig(model="test:model", data=str(root), progress=False, device="cpu", batch_size=batch_size)
+    st = prepare(cfg, LoadedModel(L.MeanColour(), "test:model"))
+    s = start_state(None, st.fp, len(st.fg_items), len(st.audit.classes), len(st.pool), 0, st.sub)
+    srch = CS.Search(st.audit, st.pool, st.fg_labels, st.bg_labels, cfg, s)
+    for i, (img, mask, _, _) in enumerate(st.dataset()):
+        srch.add_tensors(i, CS.prep_fg(st.audit, img, mask, st.pool.shape))
+    return srch
+
+
+def test_forward_splits_into_equal_batches_and_hard_masks_match_compose(tmp_path, monkeypatch):
+    root = L.random_layout(tmp_path / "d", n_per_class=7, seed=3)
+    srch = _search(root, batch_size=16)
+    n_fg, n_bg = len(srch.fg_labels), len(srch.pool)
+    slots = np.repeat(np.arange(n_fg), n_bg)[:34].tolist()
+    rows = np.tile(np.arange(n_bg), n_fg)[:34]
+    sizes = []
+    real = CS.Search.score
+    monkeypatch.setattr(CS.Search, "score", lambda self, x, y, fp32=False: sizes.append(len(x)) or real(self, x, y))
+    fast = srch.forward(slots, rows)
+    assert sizes == [12, 12, 10] and all(srch.hard.values())
+    srch.hard = {}                                        # every batch through compose
+    slow = srch.forward(slots, rows)
+    for a, b in zip(fast, slow):
+        np.testing.assert_array_equal(a, b)

@@ -201,7 +201,7 @@ def search(cfg: ChallengeConfig, st: Setup, queue: np.ndarray, state_path: Path 
     it = _iterate(st.dataset(), s["active"] + s["queue"][srch.read_pos:].tolist(), cfg.workers)
     for f in s["active"]:
         img, mask, _, _ = next(it)
-        srch.tensors[f] = prep_fg(st.audit, img, mask, st.pool.shape)
+        srch.add_tensors(f, prep_fg(st.audit, img, mask, st.pool.shape))
     paths = [it_.path for it_ in st.fg_items]
     n_q = len(s["queue"])
     since, saved_at = 0, time.time()
@@ -300,7 +300,7 @@ def amp_check(srch: Search, fgs: Dataset) -> dict[str, int]:
     fooled = np.flatnonzero(s["verdict"] == FOOLED)
     missing = [int(f) for f in fooled if int(f) not in srch.tensors]
     for img, mask, i, _ in _iterate(fgs, missing, 0):
-        srch.tensors[i] = prep_fg(srch.audit, img, mask, srch.pool.shape)
+        srch.add_tensors(i, prep_fg(srch.audit, img, mask, srch.pool.shape))
     preds, _, _ = srch.forward(fooled.tolist(), s["fool_bg"][fooled], fp32=True)
     unconfirmed = int((preds == srch.fg_labels[fooled]).sum())
     return {"fooled_unconfirmed_fp32": unconfirmed, "recheck_forwards": len(fooled)}
