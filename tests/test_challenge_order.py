@@ -98,3 +98,20 @@ def test_forward_splits_into_equal_batches_and_hard_masks_match_compose(tmp_path
     slow = srch.forward(slots, rows)
     for a, b in zip(fast, slow):
         np.testing.assert_array_equal(a, b)
+
+
+def test_margin_estimate_of_an_untried_pair_is_the_backgrounds_change_on_other_classes():
+    """Class 3 never met background 0, which lowered margins of classes 1 and 2 by 6; untried background 1
+    gives the fresh backgrounds' mean change (-1). A class that meets background 0 must expect it to be strong."""
+    bg_labels = np.array([0, 0, 1, 2, 3])
+    stub = _Stub(bg_labels, 4, fresh=(0.0, 4.0))
+    stub.s["fresh"] = np.array([0.0, 4.0, -4.0])                  # 4 first-time tries, margin change -1 each
+    dsum, dcnt = np.zeros((4, 5)), np.zeros((4, 5), dtype=np.int64)
+    dsum[1, 0], dcnt[1, 0] = -30.0, 5
+    dsum[2, 0], dcnt[2, 0] = -30.0, 5
+    stub.s.update(dsum=dsum, dcnt=dcnt)
+    est = CS.Search.estimates(stub)
+    v0 = (-60.0 + CS.SHRINK * -4.0 / 5.0) / (10 + CS.SHRINK)
+    assert est[3, 0] == pytest.approx(v0) and v0 < -5
+    assert est[3, 1] == pytest.approx(-0.8)                       # the fresh mean: -4 / (4 + 1)
+    assert est[3, 0] < est[3, 1]
