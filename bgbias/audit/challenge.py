@@ -52,7 +52,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from bgbias.audit.challenge_search import Pool, Search, lower_bound, prep_fg
+from bgbias.audit.challenge_search import Pool, Search, class_interleaved, lower_bound, prep_fg
 from bgbias.audit.challenge_shards import run_shards
 from bgbias.audit.challenge_state import (
     StopSignals,
@@ -198,10 +198,10 @@ def search(cfg: ChallengeConfig, st: Setup, queue: np.ndarray, state_path: Path 
     n_fg, n_bg = len(st.fg_items), len(st.pool)
     s = start_state(state_path, fp, n_fg, len(st.audit.classes), n_bg, cfg.seed, st.sub, queue)
     srch = Search(st.audit, st.pool, st.fg_labels, st.bg_labels, cfg, s)
-    it = _iterate(st.dataset(), s["active"] + s["queue"][s["next_fg"]:].tolist(), cfg.workers)
+    it = _iterate(st.dataset(), s["active"] + s["queue"][srch.read_pos:].tolist(), cfg.workers)
     for f in s["active"]:
         img, mask, _, _ = next(it)
-        srch.tensors[f] = prep_fg(st.audit, img, mask, st.pool.shape)
+        srch.add_tensors(f, prep_fg(st.audit, img, mask, st.pool.shape))
     paths = [it_.path for it_ in st.fg_items]
     n_q = len(s["queue"])
     since, saved_at = 0, time.time()
@@ -244,7 +244,8 @@ def run_challenge(cfg: ChallengeConfig, out: str | os.PathLike | None = None, lo
         s = run_shards(cfg, st, state_path, loaded, prepare, search)
         srch = Search(st.audit, st.pool, st.fg_labels, st.bg_labels, cfg, s)
     else:
-        srch, s = search(cfg, st, np.arange(len(st.fg_items)), state_path, st.fp, on_save)
+        srch, s = search(cfg, st, class_interleaved(st.fg_labels, np.arange(len(st.fg_items))), state_path, st.fp,
+                         on_save)
     fg_items, fg_labels, bg_ids, bg_labels, audit = st.fg_items, st.fg_labels, st.bg_ids, st.bg_labels, st.audit
     fgs = st.dataset()
     top, reach, analysis_forwards, analysis_bound = top_fooling(
@@ -299,7 +300,7 @@ def amp_check(srch: Search, fgs: Dataset) -> dict[str, int]:
     fooled = np.flatnonzero(s["verdict"] == FOOLED)
     missing = [int(f) for f in fooled if int(f) not in srch.tensors]
     for img, mask, i, _ in _iterate(fgs, missing, 0):
-        srch.tensors[i] = prep_fg(srch.audit, img, mask, srch.pool.shape)
+        srch.add_tensors(i, prep_fg(srch.audit, img, mask, srch.pool.shape))
     preds, _, _ = srch.forward(fooled.tolist(), s["fool_bg"][fooled], fp32=True)
     unconfirmed = int((preds == srch.fg_labels[fooled]).sum())
     return {"fooled_unconfirmed_fp32": unconfirmed, "recheck_forwards": len(fooled)}

@@ -1,4 +1,4 @@
-"""The search of ``bgbias challenge``: the background pool, one foreground's tensors, and the learned early-exit search.
+"""The learned early-exit search of ``bgbias challenge`` (the pool and foreground tensors: :mod:`.challenge_pool`).
 
 Why it stays exact: a foreground is declared fooled only on an observed wrong
 prediction and robust only after every pool background was tried; ordering,
@@ -11,15 +11,19 @@ the whole pool per robust one):
   minus the best other score, in dataset classes) moves by ``delta(f, b)``
   from the clean image's margin. Per foreground class y and background b the
   search keeps the sum and count of deltas; its estimate ``est[y, b]`` shrinks
-  the pair's mean towards the mean of (class y, class of b) plus b's own offset
-  seen on all classes. Backgrounds are tried in ascending ``est[y, b]`` (the
+  the pair's mean towards b's mean change on the other classes plus the class
+  pair's offset (:meth:`Search.estimates`). Backgrounds are tried in ascending ``est[y, b]`` (the
   most margin-lowering first), ties: other classes' backgrounds before y's,
   then a seeded shuffle;
 - fool counts per (class, background) enter the order as a Beta posterior whose prior is the background's
-  class-pair rate times its lift over all classes (own-class backgrounds start at 0), ``PRIOR`` pseudo-tries
-  strong, so a background that misleads every class is tried first on a class that has not met it yet; a
-  foreground that looks close to fooled draws its order from that posterior (Thompson sampling), counting
-  the picks of other foregrounds of its class in the same round as failures, so they spread out;
+  fool rate on the other classes (shrunk to the rate of backgrounds tried for the first time) times its class
+  pair's lift (own-class backgrounds start at 0), ``PRIOR`` pseudo-tries strong, so a background that misleads
+  every class is tried first on a class that has not met it yet; a foreground that looks close to fooled
+  picks by its own predicted P(margin < 0) and a draw from a concentrated posterior (near-ties broken per
+  foreground, so foregrounds of one class spread over equally promising untried backgrounds instead of all
+  failing on the same one);
+- the foreground queue interleaves the classes (folder order within each), so every class learns during the
+  slow start instead of each class arriving untaught, in bulk, once the search runs wide;
 - a foreground's predicted margin on its next background is its clean margin
   plus ``est`` plus its own mean residual. When that is within
   ``2 sigma`` (sigma: the running error of the prediction) of a wrong answer it
@@ -28,8 +32,10 @@ the whole pool per robust one):
   it tries 1.5x more per round (<= ``max_step``): robust foregrounds need the
   whole pool anyway;
 - each round is padded to a whole number of batches with the next backgrounds
-  of the most robust-looking foregrounds, and up to ``active`` foregrounds are
-  searched at once (after a slow start: ``1 + 0.3 x finished + rounds / 8``), so forward passes stay full.
+  of the most robust-looking foregrounds that already tried ``PAD_FRAC`` of the pool (padding a foreground
+  that is about to be fooled wastes forwards), and up to ``active`` foregrounds are
+  searched at once (after a slow start: ``1 + 0.3 x finished + rounds / 8``), so forward passes stay full;
+- clean images are scored in blocks of ``batch_size`` queued foregrounds, not a few per round.
 """
 from __future__ import annotations
 
@@ -38,90 +44,21 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
-from tqdm import tqdm
 
+from bgbias.audit.challenge_pool import Pool, prep_fg, read_pool
 from bgbias.audit.challenge_state import FOOLED, ROBUST, SKIPPED, UNKNOWN
-from bgbias.audit.core import Audit, ImageFiles, collate_by_size
+from bgbias.audit.core import Audit
 from bgbias.core.compose import compose
 
-SHRINK = 1.0          # pseudo-count pulling a pair's mean delta towards its class-pair estimate
+SHRINK = 1.0          # pseudo-count pulling a mean margin change towards its prior (pair: bg + class pair)
 FOOL_WEIGHT = 4.0     # weight of the log fool rate against the margin estimate in the background order
 SLOW_DONE, SLOW_ROUNDS = 0.3, 8   # slow start: active <= 1 + SLOW_DONE x finished + rounds // SLOW_ROUNDS
-THOMPSON = 4.0       # Beta posterior concentration multiplier of the Thompson draw (higher = less spread)
-POP = 2.0             # strength of the pool's mean fool rate as the prior of a background's rate
-LIFT = 1.0            # pseudo-count of a background's lift over its class pair's fool rate
-PENDING = 1.0         # pseudo-failures per same-round pick of a (class, background) by another foreground
+THOMPSON = 1000.0     # Beta posterior concentration multiplier of the draw: only near-ties are broken at random
+POP = 2.0             # pseudo-tries of the fresh-background rate behind a background's rate on other classes
+LIFT = 1.0            # pseudo-count of a class pair's lift over its backgrounds' rates
 PRIOR = 16.0          # pseudo-tries of fool_prior behind a class's own fool counts of a background
 SAFE_Z = 2.0          # predicted margin above SAFE_Z sigmas -> the foreground looks robust: grow its step
-
-
-class Pool:
-    """The background pool, preprocessed once: float ``[N, 3, H, W]`` on the device, or uint8 when too big."""
-
-    def __init__(self, audit: Audit, paths: list, batch_size: int, workers: int, pool_bytes: int, progress: bool,
-                 raw: tuple[list[torch.Tensor], list[tuple[int, str]], list[int]] | None = None):
-        self.audit = audit
-        if raw is None:
-            raw = read_pool(paths, batch_size, workers, progress)
-        self.decoded = raw                                        # kept for shard workers (sent once each)
-        self.raw, self.bad, keep = list(raw[0]), list(raw[1]), list(raw[2])
-        order = np.argsort(keep, kind="stable")
-        self.index = np.asarray(keep, dtype=np.int64)[order]     # pool row -> position in `paths`
-        self.raw = [self.raw[i] for i in order]
-        if not self.raw:
-            raise ValueError("No readable only_bg_t background in the pool.")
-        sizes = {tuple(t.shape[-2:]) for t in self.raw}
-        if audit.preprocess.size is None and len(sizes) > 1:
-            raise ValueError(f"Backgrounds differ in size ({sorted(sizes)[:3]}); pass --size H W to resize them.")
-        first = self.prep(self.raw[0][None])
-        self.shape = tuple(first.shape[-2:])
-        need = len(self.raw) * first[0].numel() * 4
-        self.dense = None
-        if need <= pool_bytes:
-            self.dense = torch.cat([self.prep(torch.stack(self.raw[i:i + batch_size])) if len(sizes) == 1
-                                    else self.prep(self.raw[i][None])
-                                    for i in range(0, len(self.raw), batch_size if len(sizes) == 1 else 1)])
-            self.raw = []
-        else:
-            self.raw_t = torch.stack(self.raw) if len(sizes) == 1 else None
-
-    def prep(self, images: torch.Tensor) -> torch.Tensor:
-        return self.audit.preprocess(images.to(self.audit.device))
-
-    def __len__(self) -> int:
-        return len(self.index)
-
-    def get(self, rows: torch.Tensor | np.ndarray) -> torch.Tensor:
-        """Preprocessed backgrounds for pool rows (identical values whichever storage is used)."""
-        if self.dense is not None:
-            return self.dense[torch.as_tensor(rows, device=self.dense.device)]
-        if self.raw_t is not None:
-            return self.prep(self.raw_t[torch.as_tensor(rows)])
-        return torch.cat([self.prep(self.raw[int(r)][None]) for r in rows])
-
-
-def read_pool(paths: list, batch_size: int, workers: int, progress: bool):
-    """Decode the pool once: (uint8 images, bad (index, reason), kept indices); shipped as is to shard workers."""
-    raw, bad, keep = [], [], []
-    loader = DataLoader(ImageFiles(paths), batch_size=batch_size, num_workers=workers, collate_fn=collate_by_size)
-    for groups, b in tqdm(loader, desc="backgrounds", disable=not progress, leave=False):
-        bad.extend(b)
-        for images, idx in groups:
-            raw.extend(images)
-            keep.extend(idx.tolist())
-    return raw, bad, keep
-
-
-def prep_fg(audit: Audit, img: torch.Tensor, mask: torch.Tensor, shape) -> tuple[torch.Tensor, torch.Tensor]:
-    x = audit.preprocess(img[None].to(audit.device))[0]
-    m = mask[None, None].to(audit.device, torch.float32)
-    if tuple(m.shape[-2:]) != tuple(x.shape[-2:]):      # the image's own geometry (resize, centre crop)
-        m = audit.preprocess.resize(m, "bilinear").clamp_(0, 1)
-    if tuple(x.shape[-2:]) != tuple(shape):
-        raise ValueError(f"A foreground is {x.shape[-1]}x{x.shape[-2]} but the backgrounds are {shape[1]}x{shape[0]}; "
-                         "pass --size H W so both are resized to the model input.")
-    return x, m[0]
+PAD_FRAC = 0.1        # only foregrounds that tried this share of the pool unfooled pad a round's last batch
 
 
 class Search:
@@ -133,8 +70,11 @@ class Search:
         self.fg_labels, self.bg_labels = fg_labels, bg_labels
         self.n_classes = int(state["dsum"].shape[0])
         self.tensors: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.hard: dict[int, bool] = {}                   # foreground -> its mask is 0/1 only
         self.members: torch.Tensor | None = None
         self.sub_row = {int(f): r for r, f in enumerate(state["sub"])}
+        self.ready: dict[int, tuple[int, Any]] = {}      # queue position -> (foreground, tensors or skip reason)
+        self.read_pos = self.block_start()               # queue position the foreground reader is at
         self.bg_onehot = np.eye(self.n_classes)[bg_labels]                 # [n_bg, C]
         cuda = audit.device.type == "cuda"
         self.amp = bool(getattr(cfg, "amp", False)) and cuda
@@ -171,25 +111,51 @@ class Search:
                 margin.cpu().numpy())
 
     def forward(self, fg_slots: list[int], rows: np.ndarray, fp32: bool = False):
-        """Composite foreground ``fg_slots[i]`` with pool row ``rows[i]`` -> (preds, confidences, margins)."""
+        """Composite foreground ``fg_slots[i]`` with pool row ``rows[i]`` -> (preds, confidences, margins).
+
+        Split into equal chunks of at most ``batch_size`` (300 composites: 150 + 150, not 256 + 44: a small
+        remainder batch runs far below the batch rate on CPU).
+        """
         out = [], [], []
-        bs = self.cfg.batch_size
-        for i in range(0, len(rows), bs):
-            fgs = torch.stack([self.tensors[f][0] for f in fg_slots[i:i + bs]])
-            ms = torch.stack([self.tensors[f][1] for f in fg_slots[i:i + bs]])
-            for o, v in zip(out, self.score(compose(fgs, self.pool.get(rows[i:i + bs]), ms),
-                                            self.fg_labels[np.asarray(fg_slots[i:i + bs], dtype=np.int64)], fp32)):
+        n = len(rows)
+        step = -(-n // -(-n // self.cfg.batch_size)) if n else 1
+        slots = np.asarray(fg_slots, dtype=np.int64)
+        for i in range(0, n, step):
+            u, inv = np.unique(slots[i:i + step], return_inverse=True)
+            inv_t = torch.as_tensor(inv, device=self.audit.device)
+            fgs = torch.stack([self.tensors[int(f)][0] for f in u])[inv_t]
+            ms = torch.stack([self.tensors[int(f)][1] for f in u])[inv_t]
+            bgs = self.pool.get(rows[i:i + step])
+            if all(self.hard.get(int(f), False) for f in u):
+                x = torch.where(ms == 1, fgs, bgs)             # what compose gives for 0/1 masks, in one op
+            else:
+                x = compose(fgs, bgs, ms)
+            for o, v in zip(out, self.score(x, self.fg_labels[slots[i:i + step]], fp32)):
                 o.append(v)
         return tuple(np.concatenate(o) if o else np.zeros(0) for o in out)
 
+    def add_tensors(self, f: int, t: tuple[torch.Tensor, torch.Tensor]) -> None:
+        """Keep foreground f's preprocessed image and mask (and whether the mask is hard 0/1)."""
+        self.tensors[f] = t
+        self.hard[f] = bool(((t[1] == 0) | (t[1] == 1)).all())
+
     # -- the margin model ------------------------------------------------------------------------------------
     def estimates(self) -> np.ndarray:
-        """``est[y, b]``: expected margin change of a class-y foreground on background b (see module doc)."""
+        """``est[y, b]``: expected margin change of a class-y foreground on background b (see module doc).
+
+        The pair's mean shrunk to ``v[b] + u[y, class of b]``: v, b's mean change on the classes other than its
+        own (shrunk to the mean change of first-time backgrounds), u, the class pair's mean offset from its
+        backgrounds' v. (Offsets from the pair's own mean, as before, cancelled b's effect exactly when b made
+        up most of its pair's tries, so a class meeting a strong background had nothing to go by.)
+        """
         dsum, dcnt = self.s["dsum"], self.s["dcnt"].astype(np.float64)
-        gs, gn = dsum @ self.bg_onehot, dcnt @ self.bg_onehot                  # [C, C] per (fg class, bg class)
-        g = np.divide(gs, gn, out=np.zeros_like(gs), where=gn > 0)[:, self.bg_labels]
-        resid = (dsum - dcnt * g).sum(0) / (dcnt.sum(0) + 1.0)
-        return (dsum + SHRINK * (g + resid)) / (dcnt + SHRINK)
+        other = 1.0 - self.bg_onehot.T
+        fresh = self.s.get("fresh", np.zeros(3))
+        d0 = fresh[2] / (fresh[1] + 1.0) if len(fresh) > 2 else 0.0
+        v = ((dsum * other).sum(0) + SHRINK * d0) / ((dcnt * other).sum(0) + SHRINK)        # [n_bg]
+        u = ((dsum - dcnt * v) @ self.bg_onehot) / (dcnt @ self.bg_onehot + SHRINK)       # [C, C]
+        prior = v[None, :] + u[:, self.bg_labels]
+        return (dsum + SHRINK * prior) / (dcnt + SHRINK)
 
     def sigma(self) -> float:
         n = self.s["err_n"]
@@ -213,17 +179,22 @@ class Search:
     def fool_prior(self, cnt: np.ndarray, tries: np.ndarray) -> np.ndarray:
         """``[C, n_bg]`` prior fool rate of background b on class y, before class y's own tries of b.
 
-        The (fg class, bg class) pair's rate, shrunk to the pool's mean rate with ``POP`` pseudo-tries (a
-        background of the foreground's own class starts at rate 0: it shows the class, it does not mislead),
-        times b's lift: its fools over what its pairs predict on every class it was tried on (``LIFT``
-        pseudo-counts). A strongly misleading background thus ranks high on a class before that class tries it.
+        b's fool rate on the classes other than its own, shrunk with ``POP`` pseudo-tries to the rate of
+        backgrounds tried for the first time (``fresh``: an unbiased guess for an untried one; the pool's mean
+        rate is not, since good backgrounds are tried most), times the (y, class of b) pair's lift: its fools
+        over what its backgrounds' rates predict (``LIFT`` pseudo-counts). A background of y's own class starts
+        at 0: it shows the class, it does not mislead. So a background that fooled other classes leads on a
+        class that has not met it yet, whatever that class's pairs know (a lift relative to the pair, as
+        before, cancelled exactly this when one background made up its pair's tries).
         """
-        f_pair, n_pair = cnt @ self.bg_onehot, tries @ self.bg_onehot                  # [C, C]
-        pbar = (cnt.sum() + 1.0) / (tries.sum() + 2.0)
-        base = (f_pair + POP * pbar * (1.0 - np.eye(self.n_classes))) / (n_pair + POP)
-        per_bg = base[:, self.bg_labels]                                               # [C, n_bg]
-        lift = (cnt.sum(0) + LIFT) / ((tries * per_bg).sum(0) + LIFT)
-        return np.clip(per_bg * lift, 1e-3, 1.0 - 1e-3)
+        own = self.bg_onehot.T.astype(bool)                                           # [C, n_bg]
+        fresh = self.s.get("fresh", np.zeros(2))
+        p0 = (fresh[0] + 1.0) / (fresh[1] + 2.0)
+        rate = ((cnt * ~own).sum(0) + POP * p0) / ((tries * ~own).sum(0) + POP)        # [n_bg]
+        lift = (cnt @ self.bg_onehot + LIFT) / ((tries * rate) @ self.bg_onehot + LIFT)  # [C, C]
+        prior = rate[None, :] * lift[:, self.bg_labels]
+        prior[own] = 0.0
+        return np.clip(prior, 1e-3, 1.0 - 1e-3)
 
     def orders(self, parts, classes: set[int]) -> dict[int, np.ndarray]:
         """Per class, the order by the mean fool rate (shared by the foregrounds that look robust)."""
@@ -231,18 +202,29 @@ class Search:
         score = m - FOOL_WEIGHT * np.log(alpha / (alpha + beta))
         return {y: np.lexsort((self.s["shuffle"], self.bg_labels == y, score[y])) for y in classes}
 
-    def sampled_order(self, parts, y: int, f: int, n_tried: int, pending: np.ndarray | None = None) -> np.ndarray:
-        """Thompson sampling: the order for one foreground with fool rates drawn from their Beta posteriors.
+    def sampled_first(self, parts, ys: np.ndarray, tried: np.ndarray, base: np.ndarray, est: np.ndarray,
+                      sig: float) -> np.ndarray:
+        """Per looks-fooled foreground (class ``ys[i]``, tried mask ``tried[i]``, predicted margin before the
+        background ``base[i]``): its best untried background by ``-log P(margin < 0) - FOOL_WEIGHT log p``, the
+        Gaussian margin prediction (sigma ``sig``) of this foreground (a hard foreground needs the backgrounds
+        that lower margins most, not those that fool its class most often) and the class's fool rate p drawn
+        from its Beta posterior (concentrated ``THOMPSON`` x: near-ties broken per foreground). Before sigma is
+        known the margin term is the class's ``est`` in units of its spread.
 
-        Foregrounds of one class searched at the same time would otherwise all try the same uncertain
-        backgrounds in the same order; drawing spreads them while a clearly fooling background stays first.
-        The draw is seeded by (seed, foreground, backgrounds tried), so a resumed run draws the same.
+        Foregrounds of one class searched at the same time would otherwise all try the same untried
+        background (equal priors) and fail together; a wide draw instead wasted tries on the always-fooled
+        model (1.3x of the bound, against 1.06x). One generator per round, seeded by (seed, round), so a
+        resumed run draws the same.
         """
         m, alpha, beta = parts
-        rng = np.random.default_rng([int(self.cfg.seed), int(f), int(n_tried)])
-        b = beta[y] if pending is None else beta[y] + PENDING * pending
-        p = np.maximum(rng.beta(alpha[y] * THOMPSON, b * THOMPSON), 1e-12)
-        return np.lexsort((self.s["shuffle"], self.bg_labels == y, m[y] - FOOL_WEIGHT * np.log(p)))
+        rng = np.random.default_rng([int(self.cfg.seed), int(self.s["rounds"])])
+        p = np.maximum(rng.beta(alpha[ys] * THOMPSON, beta[ys] * THOMPSON), 1e-12)
+        score = m[ys] - FOOL_WEIGHT * np.log(p)
+        if np.isfinite(sig) and sig > 0:         # the foreground's own P(margin < 0) instead of the class's term
+            log_fool = torch.special.log_ndtr(torch.from_numpy(-(base[:, None] + est[ys]) / sig)).numpy()
+            score = -log_fool - FOOL_WEIGHT * np.log(p)
+        score[tried] = np.inf
+        return score.argmin(1)
 
     # -- one round -------------------------------------------------------------------------------------------
     def round(self) -> int:
@@ -253,33 +235,39 @@ class Search:
         parts = self.rank_parts(est)
         orders = self.orders(parts, {int(self.fg_labels[f]) for f in active})
         sig = self.sigma()
-        pending = np.zeros((self.n_classes, n_bg))   # this round's picks, counted as failures for the next picks
-        cands, z, want = [], np.zeros(len(active)), np.zeros(len(active), dtype=np.int64)
-        for a, f in enumerate(active):
-            y, tried = int(self.fg_labels[f]), s["tried"][a]
-            o = orders[y]
-            cand = o[~tried[o]]
-            n_t = int(tried.sum())
-            pred = s["clean_margin"][f] + est[y, cand[0]] + s["res_sum"][a] / (n_t + 1.0)
-            z[a] = pred / sig if np.isfinite(sig) and sig > 0 else 0.0
-            if z[a] < SAFE_Z:
-                o = self.sampled_order(parts, y, f, n_t, pending[y])
-                cand = o[~tried[o]]
-                pending[y, cand[0]] += 1
-            want[a] = 1 if z[a] < SAFE_Z else min(max(1, n_t // 2), self.cfg.max_step)
-            cands.append(cand)
-        want = np.minimum(want, [len(c) for c in cands])
+        fa = np.asarray(active, dtype=np.int64)
+        ya, tried = self.fg_labels[fa], s["tried"]
+        rank = np.empty((self.n_classes, n_bg), dtype=np.int64)    # position of b in class y's mean order
+        for y, o in orders.items():
+            rank[y, o] = np.arange(n_bg)
+        first = np.where(tried, n_bg, rank[ya]).argmin(1)          # first untried background in that order
+        n_t = tried.sum(1)
+        pred = s["clean_margin"][fa] + est[ya, first] + s["res_sum"] / (n_t + 1.0)
+        z = pred / sig if np.isfinite(sig) and sig > 0 else np.zeros(len(active))
+        near = z < SAFE_Z
+        pick = first.copy()
+        if near.any():                                             # the looks-fooled ones: one draw each
+            base = (s["clean_margin"][fa] + s["res_sum"] / (n_t + 1.0))[near]
+            pick[near] = self.sampled_first(parts, ya[near], tried[near], base, est, sig)
+        want = np.where(near, 1, np.minimum(np.maximum(1, n_t // 2), self.cfg.max_step))
+        want = np.minimum(want, n_bg - n_t)
         full = len(active) >= self.cfg.active or s["next_fg"] >= len(s["queue"])
         pad = (-int(want.sum())) % bs if full else 0          # never pad the slow start
         for a in np.argsort(-z, kind="stable"):                 # fill the last batch with the most robust-looking
             if pad <= 0 or z[a] < SAFE_Z:
                 break
-            extra = min(pad, len(cands[a]) - int(want[a]))
+            if n_t[a] < PAD_FRAC * n_bg:
+                continue
+            extra = min(pad, n_bg - int(n_t[a]) - int(want[a]))
             want[a] += extra
             pad -= extra
         slots, rows, spans = [], [], []
         for a, f in enumerate(active):
-            cand = cands[a][:want[a]]
+            if want[a] == 1:
+                cand = pick[a:a + 1]
+            else:
+                o = orders[int(ya[a])]
+                cand = o[~tried[a][o]][:want[a]]
             spans.append((len(rows), len(rows) + len(cand)))
             slots.extend([f] * len(cand))
             rows.extend(cand.tolist())
@@ -289,6 +277,11 @@ class Search:
         s["rounds"] += 1
         ys = self.fg_labels[slots_a]
         wrong = preds != ys
+        other = self.bg_labels[rows_a] != ys         # fresh: no other class tried the background before this round
+        fresh = other & ((s["dcnt"] * (1 - self.bg_onehot.T)).sum(0)[rows_a] == 0)
+        delta0 = margins.astype(np.float64) - s["clean_margin"][slots_a]
+        s["fresh"] = s.get("fresh", np.zeros(3)) + [float((wrong & fresh).sum()), float(fresh.sum()),
+                                                   float(delta0[fresh].sum())]
         delta = margins.astype(np.float64) - s["clean_margin"][slots_a]
         resid = delta - est[ys, rows_a]
         s["err2"] += float((resid ** 2).sum())
@@ -314,6 +307,7 @@ class Search:
             done += 1
             if int(f) not in self.sub_row:
                 self.tensors.pop(int(f), None)
+                self.hard.pop(int(f), None)
         s["active"] = [active[a] for a in keep_a]
         s["tried"] = s["tried"][keep_a] if keep_a else np.zeros((0, n_bg), dtype=bool)
         s["res_sum"] = s["res_sum"][keep_a]
@@ -327,32 +321,68 @@ class Search:
         k = r >= 0
         self.s["sub_pred"][r[k], rows[k]] = preds[k]
 
-    def fill(self, it, skipped: list, paths: list) -> None:
-        """Activate queued foregrounds (load, preprocess, one clean forward each).
+    def block_start(self) -> int:
+        """Queue position where the block holding the next queued foreground starts (the reader starts there)."""
+        return self.s["next_fg"] - self.s["next_fg"] % self.cfg.batch_size
 
-        Slow start: at most ``1 + finished + rounds`` (<= ``active``) at once, so the first foregrounds run
-        nearly one by one and teach the margin model before many run in parallel.
+    def fill(self, it, skipped: list, paths: list) -> None:
+        """Activate queued foregrounds (from blocks read and clean-scored by :meth:`_clean_block`).
+
+        Slow start: at most ``1 + SLOW_DONE x finished + rounds // SLOW_ROUNDS`` (<= ``active``) at once, so the
+        first foregrounds run nearly one by one and teach the margin model before many run in parallel.
         """
-        s, new = self.s, []
+        s = self.s
         cap = min(self.cfg.active, 1 + int(SLOW_DONE * (s["verdict"] != UNKNOWN).sum()) + int(s["rounds"] // SLOW_ROUNDS))
         while len(s["active"]) < cap and s["next_fg"] < len(s["queue"]):
-            img, mask, i, reason = next(it)
+            pos = s["next_fg"]
+            if pos not in self.ready:
+                self._clean_block(it, pos)
+            i, item = self.ready.pop(pos)
             s["next_fg"] += 1
-            if img is None:
+            if isinstance(item, str):
                 s["verdict"][i] = SKIPPED
-                skipped.append({"path": str(paths[i]), "variant": "original", "reason": reason})
+                skipped.append({"path": str(paths[i]), "variant": "original", "reason": item})
                 continue
-            self.tensors[i] = prep_fg(self.audit, img, mask, self.pool.shape)
+            self.add_tensors(i, item)
             s["active"].append(i)
             s["tried"] = np.concatenate([s["tried"], np.zeros((1, len(self.pool)), dtype=bool)])
             s["res_sum"] = np.concatenate([s["res_sum"], np.zeros(1)])
-            new.append(i)
-        for j in range(0, len(new), self.cfg.batch_size):
-            chunk = new[j:j + self.cfg.batch_size]
-            p, _, m = self.score(torch.stack([self.tensors[f][0] for f in chunk]), self.fg_labels[chunk])
-            s["clean_pred"][chunk] = p
-            s["clean_margin"][chunk] = m
-            s["clean_forwards"] += len(chunk)
+
+    def _clean_block(self, it, pos: int) -> None:
+        """Read the block of ``batch_size`` queued foregrounds holding ``pos`` and score their clean images in one
+        forward (a few per round ran far below the batch rate). Blocks are fixed queue slices, so a resumed run
+        scores the same batches (re-reading the block's earlier, finished members; their results are kept)."""
+        s, bs = self.s, self.cfg.batch_size
+        end = min(pos - pos % bs + bs, len(s["queue"]))
+        good = []
+        for p in range(self.read_pos, end):
+            img, mask, i, reason = next(it)
+            if img is None:
+                self.ready[p] = (i, str(reason))
+            else:
+                good.append((p, i, prep_fg(self.audit, img, mask, self.pool.shape)))
+        self.read_pos = end
+        if good:
+            idx = np.array([i for _, i, _ in good], dtype=np.int64)
+            pred, _, margin = self.score(torch.stack([t[0] for _, _, t in good]), self.fg_labels[idx])
+            s["clean_forwards"] += len(good)
+            for (p, i, t), pr, m in zip(good, pred, margin):
+                if p >= pos:                                  # earlier ones: finished before a resume
+                    s["clean_pred"][i], s["clean_margin"][i] = pr, m
+                    self.ready[p] = (i, t)
+        for p in [p for p in self.ready if p < pos]:
+            del self.ready[p]
+
+
+def class_interleaved(labels: np.ndarray, queue: np.ndarray) -> np.ndarray:
+    """``queue`` reordered round-robin over classes (1st of each class, then 2nd, ...; queue order within a
+    class), so the search meets every class early, while it still runs a few foregrounds at a time."""
+    queue = np.asarray(queue, dtype=np.int64)
+    y = labels[queue]
+    rank = np.zeros(len(queue), dtype=np.int64)
+    for c in np.unique(y):
+        rank[y == c] = np.arange(int((y == c).sum()))
+    return queue[np.lexsort((y, rank))]
 
 
 def lower_bound(verdict: np.ndarray, n_bg: int) -> int:
@@ -360,4 +390,4 @@ def lower_bound(verdict: np.ndarray, n_bg: int) -> int:
     return int((verdict == FOOLED).sum() + (verdict == ROBUST).sum() * n_bg)
 
 
-__all__ = ["Pool", "Search", "prep_fg", "read_pool", "lower_bound", "SKIPPED"]
+__all__ = ["Pool", "Search", "class_interleaved", "prep_fg", "read_pool", "lower_bound", "SKIPPED"]

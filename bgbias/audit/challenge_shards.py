@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from bgbias.audit.challenge_search import class_interleaved
 from bgbias.audit.challenge_state import NOT_SCORED, load_state, save_state, start_state
 from bgbias.core.executors import map_ordered
 
@@ -44,7 +45,7 @@ def _shard(task: tuple) -> dict[str, Any]:
     if key not in _WORKER["setups"]:
         _WORKER["setups"][key] = prepare(replace(cfg, progress=False), _WORKER["loaded"], _WORKER["pool_raw"])
     st = _WORKER["setups"][key]
-    _, s = search(cfg, st, np.arange(k, len(st.fg_items), n), path, fp)
+    _, s = search(cfg, st, class_interleaved(st.fg_labels, np.arange(k, len(st.fg_items), n)), path, fp)
     s["done"] = True
     if path is not None:
         save_state(path, s)
@@ -90,8 +91,8 @@ def merge(states: list[dict[str, Any]], st, cfg) -> dict[str, Any]:
         q = s["queue"]
         for key in ("verdict", "fool_bg", "fool_pred", "fool_conf", "clean_pred", "clean_margin"):
             out[key][q] = s[key][q]
-        for key in ("count", "dsum", "dcnt"):
-            out[key] += s[key]
+        for key in ("count", "dsum", "dcnt", "fresh"):
+            out[key] += s.get(key, 0)
         for key in ("forwards", "clean_forwards", "err2", "err_n", "rounds"):
             out[key] += s[key]
         known = s["sub_pred"] != NOT_SCORED

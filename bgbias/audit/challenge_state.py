@@ -95,7 +95,7 @@ def start_state(path: Path | None, fp: str, n_fg: int, n_classes: int, n_bg: int
              # the margin model: sums/counts of margin changes per (fg class, background), prediction error
              "dsum": np.zeros((n_classes, n_bg), np.float64), "dcnt": np.zeros((n_classes, n_bg), np.int64),
              "clean_margin": np.zeros(n_fg, np.float64), "res_sum": np.zeros(0, np.float64),
-             "err2": 0.0, "err_n": 0,
+             "err2": 0.0, "err_n": 0, "fresh": np.zeros(3, np.float64),   # fools, tries, margin change of first-time bgs
              "queue": np.arange(n_fg, dtype=np.int64) if queue is None else np.asarray(queue, np.int64)}
     if "sub" not in s or not np.array_equal(s["sub"], sub):
         s["sub"], s["sub_pred"] = sub, np.full((len(sub), n_bg), NOT_SCORED, np.int16)

@@ -63,7 +63,7 @@ def top_fooling(search: Search, load, cfg, classes: list[str], bg_ids: list[str]
             rows.extend([int(d["rows_c"][j])] * len(need))
         missing = sorted({f for f in slots if f not in search.tensors})
         for img, mask, i, _ in load(missing):
-            search.tensors[i] = prep_fg(search.audit, img, mask, search.pool.shape)
+            search.add_tensors(i, prep_fg(search.audit, img, mask, search.pool.shape))
         p = search.forward(slots, np.asarray(rows, dtype=np.int64))[0] if slots else np.zeros(0, np.int64)
         forwards += len(slots)
         at = 0
