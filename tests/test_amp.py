@@ -95,3 +95,25 @@ def test_cli_eval_amp_reports_the_flips(tmp_path, capsys, monkeypatch):
     assert r["config"]["amp"] is True and r["config"]["amp_check"] == 4
     assert r["amp"]["checked"] == 4 and r["amp"]["differ"] == 4
     assert "4 of 4 re-checked predictions differ from fp32" in capsys.readouterr().out
+
+
+def test_challenge_amp_rechecks_fooling_pairs_in_fp32(tmp_path):
+    """Under bfloat16 the near-tie model says class 0 everywhere: class-1 foregrounds look fooled, fp32 disagrees."""
+    import numpy as np
+
+    from bgbias.audit.challenge import ChallengeConfig, run_challenge
+    from bgbias.core.layout import list_items
+
+    root = L.random_layout(tmp_path / "d", n_per_class=3, seed=7)
+    labels = np.array([it.label for it in list_items(root, "original")])
+
+    def run(amp: bool) -> dict:
+        cfg = ChallengeConfig(model="test:model", data=str(root), progress=False, device="cpu", amp=amp)
+        return run_challenge(cfg, loaded=LoadedModel(NearTie(), "test:model"))
+
+    fp32, amp = run(False), run(True)
+    assert fp32["amp"] is None
+    assert {f["label"] for f in fp32["fooled"]} == {0, 2}          # fp32 says class 1 everywhere
+    assert {f["label"] for f in amp["fooled"]} == {1, 2}           # bfloat16 says class 0 everywhere
+    assert amp["amp"]["recheck_forwards"] == len(amp["fooled"])
+    assert amp["amp"]["fooled_unconfirmed_fp32"] == int((labels == 1).sum())

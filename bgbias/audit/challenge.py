@@ -103,7 +103,7 @@ class ChallengeConfig(AuditConfig):
     save_seconds: float = 60.0           # ... or seconds, whichever comes first
     pool_bytes: int = 4 << 30            # float pool above this -> uint8 pool, preprocessed per batch
     state: str | None = None             # resume file; default: <out>.state next to the output
-    amp: bool = False                    # mixed precision on GPU (verdict flips vs fp32 counted in "amp")
+    amp: bool = False                    # float16 autocast on GPU, bfloat16 on CPU (flips vs fp32 counted in "amp")
     channels_last: bool = True           # channels-last memory format on GPU (fp32 stays fp32)
     shards: int = 1                      # foreground shards searched by separate workers (same verdicts)
     executor: str = "local"              # local processes or "ray" for the shards
@@ -153,7 +153,7 @@ def prepare(cfg: ChallengeConfig, loaded: LoadedModel | None = None, pool_raw=No
     check_executor(cfg.executor)
     if cfg.shards < 1:
         raise ValueError(f"shards must be >= 1, got {cfg.shards}.")
-    audit = open_audit(cfg, loaded)
+    audit = open_audit(cfg, loaded, amp=cfg.amp, channels_last=cfg.channels_last)
     fg_items, masks = foreground_items(data, cfg.split)
     mask_check = check_masks(masks)
     if mask_check["warning"]:

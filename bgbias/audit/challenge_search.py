@@ -39,7 +39,6 @@ the whole pool per robust one):
 """
 from __future__ import annotations
 
-import contextlib
 from typing import Any
 
 import numpy as np
@@ -76,11 +75,7 @@ class Search:
         self.ready: dict[int, tuple[int, Any]] = {}      # queue position -> (foreground, tensors or skip reason)
         self.read_pos = self.block_start()               # queue position the foreground reader is at
         self.bg_onehot = np.eye(self.n_classes)[bg_labels]                 # [n_bg, C]
-        cuda = audit.device.type == "cuda"
-        self.amp = bool(getattr(cfg, "amp", False)) and cuda
-        self.channels_last = cuda and getattr(cfg, "channels_last", True)
-        if self.channels_last:
-            audit.model.module.to(memory_format=torch.channels_last)
+        self.amp = audit.amp                              # mixed precision and channels-last live in the Audit
 
     # -- scoring ---------------------------------------------------------------------------------------------
     def _member(self, k: int) -> torch.Tensor:
@@ -97,12 +92,7 @@ class Search:
 
     def score(self, x: torch.Tensor, y: np.ndarray, fp32: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Composites ``x`` with true classes ``y`` -> (dataset predictions, confidences, margins) as numpy."""
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        ctx = torch.autocast(self.audit.device.type) if self.amp and not fp32 else contextlib.nullcontext()
-        with ctx:
-            logits = self.audit.logits(x)
-        logits = logits.float()
+        logits = self.audit.logits(x, fp32)
         mk = self._member(logits.shape[1])[:, torch.as_tensor(y, device=logits.device)].T
         true = logits.masked_fill(~mk, float("-inf")).amax(1)
         other = logits.masked_fill(mk, float("-inf")).amax(1)

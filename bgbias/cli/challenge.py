@@ -59,7 +59,7 @@ def register(sub) -> None:
     p.add_argument("--devices", default=None,
                    help="comma-separated devices, one shard worker each (e.g. cuda:0,cuda:1); default --device")
     p.add_argument("--amp", action="store_true",
-                   help="mixed precision on GPU; fooling pairs re-checked in fp32, disagreements counted in 'amp'")
+                   help="mixed precision (float16 on GPU, bfloat16 on CPU); fooling pairs re-checked in fp32, counted in 'amp'")
     p.add_argument("--state", default=None,
                    help="resume file (default: OUT.state), saved every 60 s or 256 foregrounds and on "
                         "SIGTERM/SIGINT (Ctrl-C); rerun the same command to resume; deleted when the run completes")

@@ -220,8 +220,8 @@ def build(source: Source | str, out: str | os.PathLike, config: BuildConfig = Bu
                                 splits=assign_splits(source, config.holdout, config.seed) if real else None)
     variants = resolve_variants(config.variants)
     out = Path(out)
-    classes, ids, labels = list(source.classes), source.ids(), source.labels()
-    n, C = len(ids), len(classes)
+    ids = source.ids()
+    n = len(ids)
     if n == 0:
         raise ValueError(f"Source {source.spec!r} has no images.")
     bad = next((i for i in ids if sanitize_name(i) != i), None)
