@@ -194,23 +194,26 @@ def label_boxes(root: Path, row: dict) -> tuple:
     return tuple([o.box for o in ann.objects if o.name == row["class"]] or [o.box for o in ann.objects])
 
 
-def bench_settings(root: Path, every: int) -> list[dict]:
+def bench_settings(root: Path, every: int, start: int = 0, rows: list[str] | None = None) -> list[dict]:
     """Speed / IoU per GrabCut setting on every ``every``-th real photo (the label's annotation boxes), 1 process.
 
     A failed mask (``grabcut_small``) counts IoU 0; the interval is a 95% bootstrap over photos (2000 resamples).
+    ``start``: the first photo (another offset is a held-out subset); ``rows``: only the settings whose number in
+    ``SETTINGS`` (0 = full resolution, always run as the speed reference) is listed.
     """
     if not (root / "manifest.csv").is_file():
         print(f"settings: {root} not found; skipped")
         return []
-    rows = list(csv.DictReader(open(root / "manifest.csv")))[::every]
+    chosen = [s for k, s in enumerate(SETTINGS) if rows is None or k == 0 or str(k) in rows]
+    rows = list(csv.DictReader(open(root / "manifest.csv")))[start::every]
     photos = [(masks.cv2.cvtColor(masks.cv2.imread(str(root / r["image"])), masks.cv2.COLOR_BGR2RGB),
                read_mask(root / r["mask"]) > 0.5, label_boxes(root, r)) for r in rows]
-    print(f"settings on {len(photos)} real photos (every {every}th; the label's annotation boxes; 1 process; "
+    print(f"settings on {len(photos)} real photos (every {every}th from #{start}; the label's annotation boxes; 1 process; "
           f"failures count IoU 0):")
     print(f"  {'working side':30s} {'refine':7s} {'photos/CPU-s':>12s} {'vs full':>8s}  mean IoU [95% bootstrap]  failed"
           f"  (photos per CPU-second of this process: wall time on shared cores is noise)")
     base, rng, table = None, np.random.default_rng(0), []
-    for name, refine, kw in SETTINGS:
+    for name, refine, kw in chosen:
         if refine == "guided" and not hasattr(masks.cv2, "ximgproc"):
             print(f"  {name:30s} {refine:7s} skipped: needs opencv-contrib (cv2.ximgproc)")
             continue
@@ -260,10 +263,13 @@ def main() -> None:
     p.add_argument("--skip-speed", action="store_true")
     p.add_argument("--limit", type=int, help="real data: score only this many photos (spread over the classes)")
     p.add_argument("--settings-every", type=int, default=12, help="settings table: every k-th real photo")
+    p.add_argument("--settings-start", type=int, default=0, help="settings table: the first photo (a held-out offset)")
+    p.add_argument("--settings-rows", help="settings table: only these rows of SETTINGS, e.g. 3,9 (row 0 always runs)")
     p.add_argument("--only-settings", action="store_true")
     p.add_argument("--json", help="also write the settings table the README reads (e.g. docs/bench/masks.json)")
     a = p.parse_args()
-    table = bench_settings(a.realmasks.resolve(), a.settings_every)
+    table = bench_settings(a.realmasks.resolve(), a.settings_every, a.settings_start,
+                           a.settings_rows.split(",") if a.settings_rows else None)
     if a.json and table:
         Path(a.json).write_text(json.dumps({"command": "python bench/masks.py " + " ".join(sys.argv[1:]),
                                             "settings": table}, indent=1) + "\n")
