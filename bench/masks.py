@@ -1,7 +1,8 @@
 """Benchmark of GrabCut-from-box masks: speed (1 vs 2 workers), GrabCut calls of the IN-9 recipe, real-data IoU.
 
 Run from the repo root:  python bench/masks.py [--realmasks ../shared/data/realmasks] [--n 24] [--only-settings]
-0. speed / mean IoU per GrabCut setting (full resolution; working side of the boxes' crop; refinement none, band, guided);
+0. speed / mean IoU per GrabCut setting (full resolution; working side of the boxes' crop; refinement none, band, guided,
+   fine = coarse-to-fine);
 1. masks/s at ImageNet-like size (400x500) on generated scenes, 1 and 2 worker processes;
 2. the IN-9 recipe (``imagenet:`` source: one box, centre-crop rules) calls cv2.grabCut once per kept
    image and never for dropped ones (the published generator ran it twice per image);
@@ -170,13 +171,21 @@ def bench_real(root: Path, workers: int, limit: int | None = None) -> None:
 
 
 SETTINGS = [("full resolution", "none", dict()),
-            ("300 (whole photo, no crop)", "none", dict(work_side=300, margin=None)),
+            ("full resolution, ring retry", "none", dict(retries=3)),
             ("200 (crop)", "none", dict(work_side=200)),
-            ("200 (crop)", "band", dict(work_side=200, refine="band")),
             ("300 (crop)", "none", dict(work_side=300)),
-            ("300 (crop)", "band", dict(work_side=300, refine="band")),
-            ("300 (crop) = grabcut_fast", "guided", dict(work_side=300, refine="guided")),
-            ("400 (crop)", "band", dict(work_side=400, refine="band"))]
+            ("300 (crop)", "guided", dict(work_side=300, refine="guided")),
+            ("400 (crop)", "none", dict(work_side=400)),
+            ("400 (crop)", "band", dict(work_side=400, refine="band")),
+            # coarse-to-fine: 1 iteration at 200 (the costly first cut), then N at the fine side from its GMMs;
+            # "ring retry": a 4th try when the box leaves no background (retries=3, grabcut_fast's default)
+            ("200x1 -> 400x3, IN-9 retries", "fine", dict(work_side=200, iterations=1, refine="fine")),
+            ("200x1 -> 400x2 (crop)", "fine", dict(work_side=200, iterations=1, refine="fine", fine_iterations=2,
+                                                   retries=3)),
+            ("200x1 -> 400x3 = grabcut_fast", "fine", dict(work_side=200, iterations=1, refine="fine", retries=3)),
+            ("200x1 -> 460x3 (crop)", "fine", dict(work_side=200, iterations=1, refine="fine", fine_side=460,
+                                                   retries=3))]
+# Rows of earlier runs (bench/RESULTS.md): "300 (whole photo, no crop)", "200 (crop) + band", "300 (crop) + band".
 
 
 def label_boxes(root: Path, row: dict) -> tuple:
@@ -185,25 +194,28 @@ def label_boxes(root: Path, row: dict) -> tuple:
     return tuple([o.box for o in ann.objects if o.name == row["class"]] or [o.box for o in ann.objects])
 
 
-def bench_settings(root: Path, every: int) -> list[dict]:
+def bench_settings(root: Path, every: int, start: int = 0, rows: list[str] | None = None) -> list[dict]:
     """Speed / IoU per GrabCut setting on every ``every``-th real photo (the label's annotation boxes), 1 process.
 
     A failed mask (``grabcut_small``) counts IoU 0; the interval is a 95% bootstrap over photos (2000 resamples).
+    ``start``: the first photo (another offset is a held-out subset); ``rows``: only the settings whose number in
+    ``SETTINGS`` (0 = full resolution, always run as the speed reference) is listed.
     """
     if not (root / "manifest.csv").is_file():
         print(f"settings: {root} not found; skipped")
         return []
-    rows = list(csv.DictReader(open(root / "manifest.csv")))[::every]
+    chosen = [s for k, s in enumerate(SETTINGS) if rows is None or k == 0 or str(k) in rows]
+    rows = list(csv.DictReader(open(root / "manifest.csv")))[start::every]
     photos = [(masks.cv2.cvtColor(masks.cv2.imread(str(root / r["image"])), masks.cv2.COLOR_BGR2RGB),
                read_mask(root / r["mask"]) > 0.5, label_boxes(root, r)) for r in rows]
-    print(f"settings on {len(photos)} real photos (every {every}th; the label's annotation boxes; 1 process; "
+    print(f"settings on {len(photos)} real photos (every {every}th from #{start}; the label's annotation boxes; 1 process; "
           f"failures count IoU 0):")
-    print(f"  {'working side':28s} {'refine':7s} {'photos/CPU-s':>12s} {'vs full':>8s}  mean IoU [95% bootstrap]  failed"
+    print(f"  {'working side':30s} {'refine':7s} {'photos/CPU-s':>12s} {'vs full':>8s}  mean IoU [95% bootstrap]  failed"
           f"  (photos per CPU-second of this process: wall time on shared cores is noise)")
     base, rng, table = None, np.random.default_rng(0), []
-    for name, refine, kw in SETTINGS:
+    for name, refine, kw in chosen:
         if refine == "guided" and not hasattr(masks.cv2, "ximgproc"):
-            print(f"  {name:28s} {refine:7s} skipped: needs opencv-contrib (cv2.ximgproc)")
+            print(f"  {name:30s} {refine:7s} skipped: needs opencv-contrib (cv2.ximgproc)")
             continue
         t, ious, failed = time.process_time(), [], 0
         for img, truth, boxes in photos:
@@ -215,7 +227,7 @@ def bench_settings(root: Path, every: int) -> list[dict]:
         rate = len(photos) / (time.process_time() - t)
         base = base or rate
         boot = np.mean(np.asarray(ious)[rng.integers(0, len(ious), (2000, len(ious)))], 1)
-        print(f"  {name:28s} {refine:7s} {rate:12.2f} {rate / base:7.1f}x  {np.mean(ious):.3f} "
+        print(f"  {name:30s} {refine:7s} {rate:12.2f} {rate / base:7.1f}x  {np.mean(ious):.3f} "
               f"[{np.quantile(boot, 0.025):.3f}, {np.quantile(boot, 0.975):.3f}]    {failed}", flush=True)
         table.append({"setting": name, "refine": refine, "photos": len(photos), "photos_per_cpu_s": round(rate, 3),
                       "vs_full": round(rate / base, 2), "mean_iou": round(float(np.mean(ious)), 3),
@@ -251,10 +263,13 @@ def main() -> None:
     p.add_argument("--skip-speed", action="store_true")
     p.add_argument("--limit", type=int, help="real data: score only this many photos (spread over the classes)")
     p.add_argument("--settings-every", type=int, default=12, help="settings table: every k-th real photo")
+    p.add_argument("--settings-start", type=int, default=0, help="settings table: the first photo (a held-out offset)")
+    p.add_argument("--settings-rows", help="settings table: only these rows of SETTINGS, e.g. 3,9 (row 0 always runs)")
     p.add_argument("--only-settings", action="store_true")
     p.add_argument("--json", help="also write the settings table the README reads (e.g. docs/bench/masks.json)")
     a = p.parse_args()
-    table = bench_settings(a.realmasks.resolve(), a.settings_every)
+    table = bench_settings(a.realmasks.resolve(), a.settings_every, a.settings_start,
+                           a.settings_rows.split(",") if a.settings_rows else None)
     if a.json and table:
         Path(a.json).write_text(json.dumps({"command": "python bench/masks.py " + " ".join(sys.argv[1:]),
                                             "settings": table}, indent=1) + "\n")

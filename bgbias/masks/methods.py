@@ -25,6 +25,7 @@ import numpy as np
 from bgbias.core.registry import Registry
 from bgbias.core.sample import BadSample, Box, Sample
 from bgbias.core.seeding import derive_seed
+from bgbias.masks.refine import REFINERS, band_refine, fine_grabcut, guided_refine
 
 MASK_METHODS: Registry = Registry("mask method", plugins=("bgbias.masks.model",))
 
@@ -107,16 +108,19 @@ class GrabCutMask(MaskMethod):
     One box: ``GC_INIT_WITH_RECT`` exactly as IN-9. Several boxes (union mode): the same
     initialisation written as a mask (every box probable foreground, the rest background).
     Tries, in order: (1) the box, seed ``seed``; (2) the box, a second seed; (3) every box
-    enlarged by 5% of its size per side. ``cv2.setRNGSeed`` precedes every call, so masks are
-    deterministic. All tries fail -> ``BadSample("grabcut_small: ...")``.
+    enlarged by 5% of its size per side; (4, ``retries=3``) the box's border ring (5% of its size per side) as
+    probable background and its core as probable foreground: a box covering the whole photo leaves GrabCut no
+    background to learn from. ``cv2.setRNGSeed`` precedes every call, so masks are deterministic. All tries
+    fail -> ``BadSample("grabcut_small: ...")``.
     """
 
     name = "grabcut"
 
     def __init__(self, iterations: int = 5, min_box_fraction: float = 0.1, retries: int = 2, seed: int = 0,
-                 work_side: int | str | None = None, refine: str = "none", margin: float = 0.15):
-        if int(iterations) < 1 or not 0.0 <= float(min_box_fraction) < 1.0 or not 0 <= int(retries) <= 2:
-            raise ValueError(f"GrabCut needs iterations >= 1, 0 <= min_box_fraction < 1 and retries in 0..2; "
+                 work_side: int | str | None = None, refine: str = "none", margin: float = 0.15,
+                 fine_side: int = 400, fine_iterations: int = 3):
+        if int(iterations) < 1 or not 0.0 <= float(min_box_fraction) < 1.0 or not 0 <= int(retries) <= 3:
+            raise ValueError(f"GrabCut needs iterations >= 1, 0 <= min_box_fraction < 1 and retries in 0..3; "
                              f"got {iterations}, {min_box_fraction}, {retries}.")
         self.work_side = None if work_side in (None, "", "full", 0) else int(work_side)
         if self.work_side is not None and self.work_side < 32:
@@ -127,90 +131,61 @@ class GrabCutMask(MaskMethod):
         if not 0.0 <= float(margin) <= 1.0:
             raise ValueError(f"GrabCut margin must be a fraction of the box size in [0, 1], got {margin}.")
         self.retries, self.seed, self.refine, self.margin = int(retries), int(seed), refine, float(margin)
+        if refine == "fine" and (self.work_side is None or int(fine_side) < self.work_side or int(fine_iterations) < 1):
+            raise ValueError(f"GrabCut refine 'fine' needs a work_side, fine_side >= work_side and fine_iterations "
+                             f">= 1; got {work_side}, {fine_side}, {fine_iterations}.")
+        self.fine_side, self.fine_iterations = int(fine_side), int(fine_iterations)
 
     def params(self) -> dict:
         p = {"iterations": self.iterations, "min_box_fraction": self.min_box_fraction,
              "retries": self.retries, "seed": self.seed, "opencv": cv2.__version__}
         if self.work_side is not None or self.refine != "none":        # old cache keys stay valid
             p.update(work_side=self.work_side, refine=self.refine, margin=self.margin)
+        if self.refine == "fine":
+            p.update(fine_side=self.fine_side, fine_iterations=self.fine_iterations)
         return p
 
     def __call__(self, sample: Sample) -> np.ndarray:
         if not sample.boxes:
             raise BadSample("no_box: GrabCut needs a box and this image has none (give --boxes)")
         return grabcut_from_boxes(sample.image, sample.boxes, self.iterations, self.min_box_fraction,
-                                  self.retries, self.seed, self.work_side, self.refine, self.margin)
+                                  self.retries, self.seed, self.work_side, self.refine, self.margin,
+                                  self.fine_side, self.fine_iterations)
 
 
 @MASK_METHODS.register("grabcut_fast")
 class FastGrabCutMask(GrabCutMask):
     """GrabCut on the boxes' neighbourhood (boxes + ``margin`` of their size) shrunk so its longer side is at most
-    ``work_side`` (default 300 px), the mask brought back to full size and snapped to the photo's edges
-    (``guided``: OpenCV contrib's guided filter, the default; ``band``: a second GrabCut pass at full resolution
-    on a thin band around the boundary; ``none``; see :func:`grabcut_from_boxes`). About 4x the photos per second
-    of full-resolution GrabCut at the same mean IoU on real photos (``bench/masks.py``)."""
+    ``work_side``, the mask brought back to full size and refined (see :func:`grabcut_from_boxes`):
+    ``fine`` (the default: coarse-to-fine, 1 iteration at side 200 then 3 at ``fine_side`` 400), ``guided``
+    (OpenCV contrib's guided filter; side 300, 5 iterations), ``band`` (a second GrabCut pass at full resolution
+    on a thin band around the boundary) or ``none``. Measured against full-resolution GrabCut in ``bench/masks.py``.
+    """
 
     name = "grabcut_fast"
+    DEFAULTS = {"fine": {"work_side": 200, "iterations": 1}}    # other refines: side 300, 5 iterations
 
-    def __init__(self, work_side: int | str = 300, refine: str = "guided", **kw):
-        super().__init__(work_side=work_side, refine=refine, **kw)
-
-
-def guided_refine(image: np.ndarray, soft: np.ndarray) -> np.ndarray:
-    """Soft full-size mask -> bool: He et al.'s guided filter (OpenCV contrib's ``ximgproc``, colour guide,
-    radius ~1% of the image side) snaps the upsampled boundary to the photo's edges, then threshold at 0.5."""
-    if not hasattr(cv2, "ximgproc"):
-        raise ValueError("GrabCut refine 'guided' needs OpenCV's contrib modules (pip install opencv-contrib-python-headless).")
-    r = max(2, round(0.01 * max(image.shape[:2])))
-    return cv2.ximgproc.guidedFilter(image, soft.astype(np.float32), r, 1e-3 * 255.0**2) > 0.5
-
-
-def band_refine(image: np.ndarray, soft: np.ndarray, region: np.ndarray, iterations: int = 2,
-                width: float = 0.01) -> np.ndarray:
-    """Soft full-size mask -> bool: GrabCut again at full resolution, initialised with the mask (GMMs re-learnt)
-    and free only in a band of ``width`` x the image side around its boundary, on the crop holding the band.
-
-    Why: the working-resolution cut is blocky at full size; only the band can change, so the pass is short.
-    """
-    H, W = image.shape[:2]
-    fg = soft > 0.5
-    r = max(1, round(width * max(H, W)))
-    disc = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
-    inner = cv2.erode(fg.astype(np.uint8), disc).astype(bool)
-    outer = cv2.dilate(fg.astype(np.uint8), disc).astype(bool) & region
-    if not inner.any() or outer.all():
-        return fg
-    init = np.full((H, W), cv2.GC_BGD, np.uint8)
-    init[outer], init[fg & region], init[inner] = cv2.GC_PR_BGD, cv2.GC_PR_FGD, cv2.GC_FGD
-    ys, xs = np.nonzero(outer)
-    pad = 2 * r + 8
-    y0, y1, x0, x1 = max(0, ys.min() - pad), min(H, ys.max() + 1 + pad), max(0, xs.min() - pad), min(W, xs.max() + 1 + pad)
-    sub = np.ascontiguousarray(init[y0:y1, x0:x1])
-    if not (sub == cv2.GC_BGD).any():
-        return fg
-    try:
-        cv2.grabCut(np.ascontiguousarray(image[y0:y1, x0:x1, ::-1]), sub, None, np.zeros((1, 65)), np.zeros((1, 65)),
-                    iterations, cv2.GC_INIT_WITH_MASK)
-    except cv2.error:
-        return fg
-    out = np.zeros((H, W), bool)
-    out[y0:y1, x0:x1] = (sub == cv2.GC_FGD) | (sub == cv2.GC_PR_FGD)
-    return out
-
-
-REFINERS = ("none", "guided", "band")
+    def __init__(self, work_side: int | str | None = None, refine: str = "fine", iterations: int | None = None,
+                 retries: int = 3, **kw):
+        d = self.DEFAULTS.get(refine, {})
+        super().__init__(work_side=d.get("work_side", 300) if work_side is None else work_side, refine=refine,
+                         iterations=d.get("iterations", 5) if iterations is None else iterations, retries=retries,
+                         **kw)
 
 
 def grabcut_from_boxes(image: np.ndarray, boxes: tuple[Box, ...], iterations: int = 5,
                        min_box_fraction: float = 0.1, retries: int = 2, seed: int = 0,
-                       work_side: int | None = None, refine: str = "none", margin: float | None = 0.15) -> np.ndarray:
+                       work_side: int | None = None, refine: str = "none", margin: float | None = 0.15,
+                       fine_side: int = 400, fine_iterations: int = 3) -> np.ndarray:
     """uint8 HxWx3 RGB + boxes -> float32 HxW {0, 1} foreground. See :class:`GrabCutMask`.
 
     ``work_side``: run GrabCut on the boxes' neighbourhood (their union enlarged by ``margin`` x its size per side,
     at least 8 px; ``None``: the whole photo; outside it GrabCut's rectangle makes everything background anyway) shrunk so its longer side
     is at most ``work_side`` (boxes scaled alike): small objects keep their pixels and the background model is
     local. The mask comes back to full size (bilinear, soft) and is cut with ``refine`` (``none``: at 0.5;
-    ``guided``: :func:`guided_refine`; ``band``: :func:`band_refine`).
+    ``guided``: :func:`guided_refine`; ``band``: :func:`band_refine`; ``fine``: :func:`fine_grabcut`, the
+    crop again at side ``fine_side``, ``fine_iterations`` more GrabCut iterations from the working-side mask and
+    colour models, so ``iterations`` is then the number at ``work_side``).
     """
     H, W = image.shape[:2]
     if work_side is None and refine == "none":
@@ -224,15 +199,18 @@ def grabcut_from_boxes(image: np.ndarray, boxes: tuple[Box, ...], iterations: in
         cx0, cy0, cx1, cy1 = 0, 0, W, H
     crop = image[cy0:cy1, cx0:cx1]
     h, w = crop.shape[:2]
-    scale = 1.0 if work_side is None else min(1.0, work_side / max(h, w))
-    work = crop if scale == 1.0 else cv2.resize(crop, (max(1, round(w * scale)), max(1, round(h * scale))),
-                                                interpolation=cv2.INTER_AREA)
-    sy, sx = work.shape[0] / h, work.shape[1] / w
-    work_boxes = tuple((int(np.floor((x0 - cx0) * sx)), int(np.floor((y0 - cy0) * sy)), int(np.ceil((x1 - cx0) * sx)),
-                        int(np.ceil((y1 - cy0) * sy))) for x0, y0, x1, y1 in boxes)
-    small = _grabcut(work, work_boxes, iterations, min_box_fraction, retries, seed)
+    crop_boxes = tuple((x0 - cx0, y0 - cy0, x1 - cx0, y1 - cy0) for x0, y0, x1, y1 in boxes)
+    work, work_boxes = _shrink(crop, crop_boxes, work_side)
+    models: list = []
+    small = _grabcut(work, work_boxes, iterations, min_box_fraction, retries, seed, models)
+    if refine == "fine":
+        fine, fine_boxes = _shrink(crop, crop_boxes, fine_side)       # the same size when the crop is small
+        better = fine_grabcut(fine, _box_region(fine_boxes, *fine.shape[:2]), small, *models[-1], fine_iterations,
+                              min_box_fraction)
+        small = small if better is None else better.astype(np.float32)
     soft = np.zeros((H, W), np.float32)
-    soft[cy0:cy1, cx0:cx1] = small if scale == 1.0 else cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
+    soft[cy0:cy1, cx0:cx1] = small if small.shape == (h, w) else cv2.resize(small, (w, h),
+                                                                            interpolation=cv2.INTER_LINEAR)
     region = _box_region(_enlarge(boxes, 0.05, H, W), H, W)
     if refine == "guided":
         fg = guided_refine(image, soft)
@@ -244,22 +222,40 @@ def grabcut_from_boxes(image: np.ndarray, boxes: tuple[Box, ...], iterations: in
     return (fg & region).astype(np.float32)
 
 
+def _shrink(crop: np.ndarray, boxes: tuple[Box, ...], side: int | None) -> tuple[np.ndarray, tuple[Box, ...]]:
+    """The crop shrunk so its longer side is at most ``side`` (area interpolation) and its boxes scaled alike."""
+    h, w = crop.shape[:2]
+    scale = 1.0 if side is None else min(1.0, side / max(h, w))
+    if scale == 1.0:
+        return crop, boxes
+    work = cv2.resize(crop, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+    sy, sx = work.shape[0] / h, work.shape[1] / w
+    return work, tuple((int(np.floor(x0 * sx)), int(np.floor(y0 * sy)), int(np.ceil(x1 * sx)), int(np.ceil(y1 * sy)))
+                       for x0, y0, x1, y1 in boxes)
+
+
 def _grabcut(image: np.ndarray, boxes: tuple[Box, ...], iterations: int, min_box_fraction: float, retries: int,
-             seed: int) -> np.ndarray:
+             seed: int, models: list | None = None) -> np.ndarray:
+    """GrabCut with the retries of :class:`GrabCutMask`; appends the kept try's (bgd, fgd) GMMs to ``models``."""
     h, w = image.shape[:2]
     bgr = np.ascontiguousarray(image[:, :, ::-1])
     region = _box_region(boxes, h, w)
     area = int(region.sum())
     if area == 0:
         raise BadSample("box_zero_area: every box has zero area inside the image")
-    tries = [(boxes, seed), (boxes, derive_seed(seed, "grabcut-retry")), (_enlarge(boxes, 0.05, h, w), seed)]
+    tries = [(boxes, seed), (boxes, derive_seed(seed, "grabcut-retry")), (_enlarge(boxes, 0.05, h, w), seed),
+             (boxes, seed)]
     frac, error = 0.0, ""
-    for try_boxes, try_seed in tries[: 1 + retries]:
+    for k, (try_boxes, try_seed) in enumerate(tries[: 1 + retries]):
         mask = np.zeros((h, w), np.uint8)
         bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
         cv2.setRNGSeed(int(try_seed) % (2**31))
         try:
-            if len(try_boxes) == 1:
+            if k == 3:
+                mask[:], mask[region] = cv2.GC_BGD, cv2.GC_PR_BGD
+                mask[_box_region(_inset(try_boxes, 0.05), h, w)] = cv2.GC_PR_FGD
+                cv2.grabCut(bgr, mask, None, bgd, fgd, iterations, cv2.GC_INIT_WITH_MASK)
+            elif len(try_boxes) == 1:
                 x0, y0, x1, y1 = try_boxes[0]
                 cv2.grabCut(bgr, mask, (x0, y0, x1 - x0, y1 - y0), bgd, fgd, iterations, cv2.GC_INIT_WITH_RECT)
             else:
@@ -272,6 +268,8 @@ def _grabcut(image: np.ndarray, boxes: tuple[Box, ...], iterations: int, min_box
         fg = (mask == cv2.GC_FGD) | (mask == cv2.GC_PR_FGD)
         frac = float(fg[region].sum()) / area
         if frac >= min_box_fraction:
+            if models is not None:
+                models.append((bgd, fgd))
             return fg.astype(np.float32)
     if error and frac == 0.0:
         raise BadSample(f"grabcut_error: OpenCV failed ({error}); a box covering the whole image leaves no background")
@@ -291,6 +289,15 @@ def _enlarge(boxes: tuple[Box, ...], rate: float, h: int, w: int) -> tuple[Box, 
     for x0, y0, x1, y1 in boxes:
         dx, dy = max(1, round((x1 - x0) * rate)), max(1, round((y1 - y0) * rate))
         out.append((max(0, x0 - dx), max(0, y0 - dy), min(w, x1 + dx), min(h, y1 + dy)))
+    return tuple(out)
+
+
+def _inset(boxes: tuple[Box, ...], rate: float) -> tuple[Box, ...]:
+    """Every box shrunk by ``rate`` of its size per side (at least 1 px): its core without the border ring."""
+    out = []
+    for x0, y0, x1, y1 in boxes:
+        dx, dy = max(1, round((x1 - x0) * rate)), max(1, round((y1 - y0) * rate))
+        out.append((x0 + dx, y0 + dy, max(x0 + dx, x1 - dx), max(y0 + dy, y1 - dy)))
     return tuple(out)
 
 
