@@ -173,6 +173,9 @@ class FastGrabCutMask(GrabCutMask):
                          **kw)
 
 
+FALLBACK_ITERATIONS = 5   # GrabCut iterations at the fine side when the coarse cut of ``refine="fine"`` collapses
+
+
 def grabcut_from_boxes(image: np.ndarray, boxes: tuple[Box, ...], iterations: int = 5,
                        min_box_fraction: float = 0.1, retries: int = 2, seed: int = 0,
                        work_side: int | None = None, refine: str = "none", margin: float | None = 0.15,
@@ -202,12 +205,20 @@ def grabcut_from_boxes(image: np.ndarray, boxes: tuple[Box, ...], iterations: in
     crop_boxes = tuple((x0 - cx0, y0 - cy0, x1 - cx0, y1 - cy0) for x0, y0, x1, y1 in boxes)
     work, work_boxes = _shrink(crop, crop_boxes, work_side)
     models: list = []
-    small = _grabcut(work, work_boxes, iterations, min_box_fraction, retries, seed, models)
     if refine == "fine":
         fine, fine_boxes = _shrink(crop, crop_boxes, fine_side)       # the same size when the crop is small
-        better = fine_grabcut(fine, _box_region(fine_boxes, *fine.shape[:2]), small, *models[-1], fine_iterations,
-                              min_box_fraction)
-        small = small if better is None else better.astype(np.float32)
+        try:
+            small = _grabcut(work, work_boxes, iterations, min_box_fraction, retries, seed, models)
+        except BadSample as e:      # the coarse cut collapsed (seen on COCO photos at side 200): GrabCut at the
+            if not e.reason.startswith("grabcut_"):   # fine side alone, with the full iteration count
+                raise
+            small = _grabcut(fine, fine_boxes, max(iterations, FALLBACK_ITERATIONS), min_box_fraction, retries, seed)
+        else:
+            better = fine_grabcut(fine, _box_region(fine_boxes, *fine.shape[:2]), small, *models[-1],
+                                  fine_iterations, min_box_fraction)
+            small = small if better is None else better.astype(np.float32)
+    else:
+        small = _grabcut(work, work_boxes, iterations, min_box_fraction, retries, seed, models)
     soft = np.zeros((H, W), np.float32)
     soft[cy0:cy1, cx0:cx1] = small if small.shape == (h, w) else cv2.resize(small, (w, h),
                                                                             interpolation=cv2.INTER_LINEAR)
