@@ -176,3 +176,12 @@ def test_compose_np_takes_any_numeric_mask_as_the_torch_path_did():
     soft = g.random((9, 11))
     assert np.array_equal(compose_np(fg, bg, hard), _torch_ref(fg, bg, hard.astype(np.float32)))
     assert np.array_equal(compose_np(fg, bg, soft), _torch_ref(fg, bg, soft.astype(np.float32)))
+
+
+def test_bool_mask_on_float_images_equals_the_float_blend_of_a_0_1_mask():
+    g = torch.Generator().manual_seed(5)
+    fg, bg = torch.randn(4, 3, 9, 7, generator=g), torch.randn(4, 3, 9, 7, generator=g)
+    m = torch.rand(4, 1, 9, 7, generator=g) > 0.5
+    out = compose(fg, bg, m)
+    assert torch.equal(out, compose(fg, bg, m.float())) and torch.equal(out, torch.where(m, fg, bg))
+    assert torch.equal(compose(fg[0], bg, m[0, 0]), compose(fg[0], bg, m[0, 0].float()))   # broadcasting alike

@@ -116,10 +116,8 @@ class Search:
             fgs = torch.stack([self.tensors[int(f)][0] for f in u])[inv_t]
             ms = torch.stack([self.tensors[int(f)][1] for f in u])[inv_t]
             bgs = self.pool.get(rows[i:i + step])
-            if all(self.hard.get(int(f), False) for f in u):
-                x = torch.where(ms == 1, fgs, bgs)             # what compose gives for 0/1 masks, in one op
-            else:
-                x = compose(fgs, bgs, ms)
+            hard = all(self.hard.get(int(f), False) for f in u)   # 0/1 masks: compose's one-select path
+            x = compose(fgs, bgs, ms.bool() if hard else ms)
             for o, v in zip(out, self.score(x, self.fg_labels[slots[i:i + step]], fp32)):
                 o.append(v)
         return tuple(np.concatenate(o) if o else np.zeros(0) for o in out)
